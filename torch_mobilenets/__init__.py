@@ -1,0 +1,21 @@
+"""torch-mobilenets: the Keras MobileNet family in PyTorch, layer for layer, with a converter for
+Keras weight files, so PyTorch logits match Keras to float32 round-off."""
+
+from . import mobilenet_v1, mobilenet_v2, mobilenet_v3
+from .functional import KerasModel
+from .mobilenet_v1 import MobileNet
+from .mobilenet_v2 import MobileNetV2
+from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
+
+__version__ = "0.1.0"
+
+# The builders by family name, as the converter and checkpoints name them.
+FAMILIES = {
+    "mobilenet": MobileNet,
+    "mobilenet_v2": MobileNetV2,
+    "mobilenet_v3_small": MobileNetV3Small,
+    "mobilenet_v3_large": MobileNetV3Large,
+}
+
+__all__ = ["FAMILIES", "KerasModel", "MobileNet", "MobileNetV2", "MobileNetV3Large",
+           "MobileNetV3Small", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3"]

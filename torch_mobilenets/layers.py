@@ -1,0 +1,394 @@
+"""The layer vocabulary shared by every model: PyTorch modules that compute what the Keras layers
+of the same name compute, in NCHW.
+
+Each layer also knows two things the Keras functional API knows about its layers:
+- `output_shape(*input_shapes)`: the static shape it produces, `(C, H, W)` with `None` for a
+  dynamic size. Keras computes some paddings from these static shapes at build time
+  (`correct_pad`), so the model builders need them too.
+- for layers with weights, `keras_class` and `from_keras(arrays)`: how the Keras variables, in
+  Keras' order and layout, become this module's state. The converter is driven by these alone.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Shape = tuple  # (C, H, W) or (C,); H and W may be None (a dynamic input size)
+
+# Keras' default BatchNormalization epsilon; PyTorch's is 1e-5, which costs ~1e-2 in the logits.
+KERAS_BN_EPSILON = 1e-3
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Keras' `_make_divisible` (V2) and `_depth` (V3): round to a multiple of `divisor`, never
+    dropping more than 10% below `value`."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    if rounded < 0.9 * value:
+        rounded += divisor
+    return rounded
+
+
+def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's "same" padding for one axis: computed from the actual input size, the odd
+    pixel goes after (bottom/right), unlike PyTorch's symmetric padding."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def correct_pad(shape: Shape, kernel: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Keras' `imagenet_utils.correct_pad`: the ZeroPadding2D before a stride-2 "valid" conv,
+    fixed when the model is built, from the static size. A dynamic (None) height means "assume
+    even", whatever size later arrives; that is how Keras builds its default models."""
+    _, height, width = shape
+    if height is None:
+        adjust = (1, 1)
+    elif width is None:
+        raise ValueError(
+            f"input_shape {shape} has a static height but a dynamic width; Keras cannot build "
+            "this padding either. Give both sizes or neither."
+        )
+    else:
+        adjust = (1 - height % 2, 1 - width % 2)
+    half = kernel // 2
+    return (half - adjust[0], half), (half - adjust[1], half)
+
+
+def _spatial(size: Optional[int], fn: Callable[[int], int]) -> Optional[int]:
+    return None if size is None else fn(size)
+
+
+def _check_keras_shapes(layer: nn.Module, arrays: Sequence[np.ndarray]) -> None:
+    """Raise a ValueError naming every Keras variable whose shape differs from what this layer
+    holds; the converter adds the file and layer names."""
+    expected = layer.keras_shapes()
+    got = [tuple(a.shape) for a in arrays]
+    if len(got) != len(expected):
+        raise ValueError(
+            f"{layer.keras_class} expects {len(expected)} tensors {expected}, the file has "
+            f"{len(got)} {got}"
+        )
+    for name, want, have in zip(layer.keras_variables(), expected, got):
+        if want != have:
+            raise ValueError(f"{name}: expected shape {want}, the file has {have}")
+
+
+class Conv2d(nn.Conv2d):
+    """Keras `Conv2D`, with Keras' "same" (TF, computed per input size) or "valid" padding."""
+
+    keras_class = "Conv2D"
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding="same",
+                 bias=False, groups=1):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+        self.keras_padding = padding
+        static_pad = 0
+        # With stride 1 and an odd kernel, TF "same" is symmetric: let the conv pad for free.
+        if padding == "same" and stride == 1 and kernel_size % 2 == 1:
+            static_pad = kernel_size // 2
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=static_pad, bias=bias, groups=groups)
+        self._dynamic_same = padding == "same" and static_pad == 0 and (stride > 1 or kernel_size > 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._dynamic_same:
+            return self._conv_forward(x, self.weight, self.bias)
+        kh, kw = self.kernel_size
+        top, bottom = tf_same_padding(x.shape[-2], kh, self.stride[0])
+        left, right = tf_same_padding(x.shape[-1], kw, self.stride[1])
+        if top == bottom and left == right:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
+        x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        _, height, width = shape
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        if self.keras_padding == "same":
+            return (self.out_channels, _spatial(height, lambda n: math.ceil(n / sh)),
+                    _spatial(width, lambda n: math.ceil(n / sw)))
+        return (self.out_channels, _spatial(height, lambda n: (n - kh) // sh + 1),
+                _spatial(width, lambda n: (n - kw) // sw + 1))
+
+    def keras_variables(self) -> list[str]:
+        return ["kernel"] + (["bias"] if self.bias is not None else [])
+
+    def keras_shapes(self) -> list[tuple]:
+        out, inp, kh, kw = self.weight.shape
+        return [(kh, kw, inp, out)] + ([(out,)] if self.bias is not None else [])
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        # Keras kernels are (kh, kw, in, out); PyTorch wants (out, in, kh, kw).
+        state = {"weight": torch.from_numpy(np.ascontiguousarray(arrays[0].transpose(3, 2, 0, 1)))}
+        if self.bias is not None:
+            state["bias"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
+        return state
+
+
+class DepthwiseConv2d(Conv2d):
+    """Keras `DepthwiseConv2D`: one group per input channel, `depth_multiplier` outputs each."""
+
+    keras_class = "DepthwiseConv2D"
+
+    def __init__(self, channels, kernel_size, stride=1, padding="same", depth_multiplier=1,
+                 bias=False):
+        super().__init__(channels, channels * depth_multiplier, kernel_size, stride=stride,
+                         padding=padding, bias=bias, groups=channels)
+
+    def keras_variables(self) -> list[str]:
+        return ["depthwise_kernel"] + (["bias"] if self.bias is not None else [])
+
+    def keras_shapes(self) -> list[tuple]:
+        kh, kw = self.kernel_size
+        multiplier = self.out_channels // self.in_channels
+        shapes = [(kh, kw, self.in_channels, multiplier)]
+        return shapes + ([(self.out_channels,)] if self.bias is not None else [])
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        kh, kw, channels, multiplier = arrays[0].shape
+        # Keras output channel c*multiplier + j is input channel c's j-th filter, which is
+        # exactly PyTorch's grouped-conv order once (C, m) are flattened together.
+        kernel = arrays[0].reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
+        state = {"weight": torch.from_numpy(np.ascontiguousarray(kernel))}
+        if self.bias is not None:
+            state["bias"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
+        return state
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """Keras `BatchNormalization` over channels: epsilon 1e-3, Keras momentum `m` (PyTorch's
+    momentum is `1 - m`), and in training the moving variance is updated with the biased batch
+    variance, as Keras does (PyTorch would use the unbiased one)."""
+
+    keras_class = "BatchNormalization"
+
+    def __init__(self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON):
+        super().__init__(num_features, eps=epsilon, momentum=1.0 - momentum)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                False, 0.0, self.eps)
+        mean = x.mean(dim=(0, 2, 3))
+        var = x.var(dim=(0, 2, 3), unbiased=False)
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(var.detach(), self.momentum)
+            self.num_batches_tracked.add_(1)
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def keras_variables(self) -> list[str]:
+        return ["gamma", "beta", "moving_mean", "moving_variance"]
+
+    def keras_shapes(self) -> list[tuple]:
+        return [(self.num_features,)] * 4
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        names = ("weight", "bias", "running_mean", "running_var")
+        state = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in zip(names, arrays)}
+        state["num_batches_tracked"] = torch.tensor(0)  # Keras keeps no step count
+        return state
+
+
+class Dense(nn.Linear):
+    """Keras `Dense` on a flat input, with its optional `activation` built in (V2's top)."""
+
+    keras_class = "Dense"
+
+    def __init__(self, in_features: int, units: int, activation: Optional[nn.Module] = None):
+        super().__init__(in_features, units)
+        self.activation = activation if activation is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(super().forward(x))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (self.out_features,)
+
+    def keras_variables(self) -> list[str]:
+        return ["kernel", "bias"]
+
+    def keras_shapes(self) -> list[tuple]:
+        return [(self.in_features, self.out_features), (self.out_features,)]
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        return {"weight": torch.from_numpy(np.ascontiguousarray(arrays[0].T)),
+                "bias": torch.from_numpy(np.ascontiguousarray(arrays[1]))}
+
+
+# Layers without weights. Each keeps the shape it gets unless it says otherwise.
+
+class _ShapePreserving:
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+
+class ReLU(_ShapePreserving, nn.ReLU):
+    """Keras `ReLU()`."""
+
+
+class ReLU6(_ShapePreserving, nn.ReLU6):
+    """Keras `ReLU(6.0)`."""
+
+
+class HardSwish(_ShapePreserving, nn.Hardswish):
+    """Keras 3 `hard_swish`: x * relu6(x + 3) / 6."""
+
+
+class HardSigmoid(_ShapePreserving, nn.Hardsigmoid):
+    """MobileNetV3's `hard_sigmoid`: relu6(x + 3) / 6. (Keras 2's 0.2x + 0.5 is a different
+    function and breaks parity.)"""
+
+
+class Dropout(_ShapePreserving, nn.Dropout):
+    """Keras `Dropout`."""
+
+
+class Softmax(_ShapePreserving, nn.Softmax):
+    """Keras' `softmax` activation, over the last axis."""
+
+    def __init__(self):
+        super().__init__(dim=-1)
+
+
+class Activation(_ShapePreserving, nn.Module):
+    """Keras `Activation(fn)`: wraps any callable, such as a user's `classifier_activation`."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Rescaling(_ShapePreserving, nn.Module):
+    """Keras `Rescaling(scale, offset)`: x * scale + offset."""
+
+    def __init__(self, scale: float, offset: float = 0.0):
+        super().__init__()
+        self.scale, self.offset = scale, offset
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale + self.offset
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, offset={self.offset}"
+
+
+class ZeroPadding2D(nn.Module):
+    """Keras `ZeroPadding2D(((top, bottom), (left, right)))`."""
+
+    def __init__(self, padding: tuple[tuple[int, int], tuple[int, int]]):
+        super().__init__()
+        (self.top, self.bottom), (self.left, self.right) = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x, (self.left, self.right, self.top, self.bottom))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        channels, height, width = shape
+        return (channels, _spatial(height, lambda n: n + self.top + self.bottom),
+                _spatial(width, lambda n: n + self.left + self.right))
+
+    def extra_repr(self) -> str:
+        return f"padding=(({self.top}, {self.bottom}), ({self.left}, {self.right}))"
+
+
+class GlobalAveragePooling2D(nn.Module):
+    """Keras `GlobalAveragePooling2D(keepdims=...)`."""
+
+    def __init__(self, keepdims: bool = False):
+        super().__init__()
+        self.keepdims = keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(2, 3), keepdim=self.keepdims)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0], 1, 1) if self.keepdims else (shape[0],)
+
+
+class GlobalMaxPooling2D(nn.Module):
+    """Keras `GlobalMaxPooling2D()`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.amax(dim=(2, 3))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0],)
+
+
+class Flatten(nn.Module):
+    """Keras `Flatten` / `Reshape((classes,))` on a (C, 1, 1) map: NCHW and NHWC flatten a 1x1
+    map to the same order, so no transpose is needed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) == 3 and (shape[1], shape[2]) != (1, 1):
+            raise ValueError(f"Flatten here only handles 1x1 maps, got {shape}")
+        return (shape[0],)
+
+
+class Add(nn.Module):
+    """Keras `Add()([a, b])`: the residual connection."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+    def output_shape(self, a: Shape, b: Shape) -> Shape:
+        return a
+
+
+class Multiply(nn.Module):
+    """Keras `Multiply()([a, b])`: squeeze-excite's gating."""
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a * b
+
+    def output_shape(self, a: Shape, b: Shape) -> Shape:
+        return a
+
+
+def squeeze_excite(graph, x, filters: int, se_ratio: float, prefix: str):
+    """MobileNetV3's squeeze-and-excite, as the separate Keras layers `{prefix}squeeze_excite_*`.
+
+    `graph` is the model being built (see `functional.KerasModel.add`), `x` its symbolic tensor.
+    """
+    inputs = x
+    x = graph.add(f"{prefix}squeeze_excite_avg_pool", GlobalAveragePooling2D(keepdims=True), x)
+    x = graph.add(f"{prefix}squeeze_excite_conv",
+                  Conv2d(filters, make_divisible(filters * se_ratio), 1, bias=True), x)
+    x = graph.add(f"{prefix}squeeze_excite_relu", ReLU(), x)
+    x = graph.add(f"{prefix}squeeze_excite_conv_1",
+                  Conv2d(make_divisible(filters * se_ratio), filters, 1, bias=True), x)
+    x = graph.add(f"{prefix}squeeze_excite_hard_sigmoid", HardSigmoid(), x)
+    return graph.add(f"{prefix}squeeze_excite_mul", Multiply(), inputs, x)
+
+
+# Keras activation names a user may pass as `classifier_activation`.
+CLASSIFIER_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "softmax": Softmax,
+    "linear": lambda: Activation(nn.Identity()),
+    "sigmoid": lambda: Activation(torch.sigmoid),
+    "relu": ReLU,
+    "tanh": lambda: Activation(torch.tanh),
+}
+
+WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense)

@@ -1,0 +1,114 @@
+"""MobileNetV2, layer for layer as `keras.applications.MobileNetV2` builds it.
+
+Reference: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenecks" (CVPR 2018).
+"""
+
+from __future__ import annotations
+
+from . import arguments
+from .functional import KerasModel
+from .imagenet import decode_predictions  # noqa: F401  (the Keras module exports it too)
+from .layers import (Add, BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePooling2D,
+                     GlobalMaxPooling2D, ReLU6, ZeroPadding2D, correct_pad, make_divisible)
+from .mobilenet_v1 import preprocess_input  # noqa: F401  (the same "tf" mode scaling)
+
+# (filters before alpha, stride, expansion) of blocks 0..16.
+BLOCKS = [(16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (32, 1, 6),
+          (64, 2, 6), (64, 1, 6), (64, 1, 6), (64, 1, 6), (96, 1, 6), (96, 1, 6), (96, 1, 6),
+          (160, 2, 6), (160, 1, 6), (160, 1, 6), (320, 1, 6)]
+
+BN_MOMENTUM = 0.999
+
+
+def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet",
+                input_tensor=None, pooling=None, classes=1000, classifier_activation="softmax",
+                name=None) -> KerasModel:
+    """Instantiates the MobileNetV2 architecture, as `keras.applications.MobileNetV2` does.
+
+    Args:
+        input_shape: channels-first `(3, H, W)`. With `include_top` the model has a static size,
+            224x224 by default; without the top the default is dynamic `(3, None, None)`. Height
+            and width must be at least 32. The stride-2 paddings are fixed from this static size,
+            as in Keras: a dynamic model assumes even sizes.
+        alpha: width multiplier (filters rounded to multiples of 8).
+        include_top: whether to include the classifier (`predictions`, a Dense layer).
+        weights: `None` (random initialization), `"imagenet"` (not available yet), or the path to
+            a Keras weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
+        input_tensor: has no PyTorch meaning (a module is not bound to a tensor); must be None.
+        pooling: without the top, `None` (4D output), `"avg"` or `"max"` (2D output).
+        classes: number of classes, with the top.
+        classifier_activation: `"softmax"`, `None` (logits), another Keras activation name, or a
+            callable; only `None`/`"softmax"` with pretrained weights.
+        name: the model's name (Keras' default `mobilenetv2_{alpha:0.2f}_{rows}`).
+
+    Returns:
+        A `KerasModel` taking NCHW float input scaled by `preprocess_input` (to [-1, 1]),
+        returning `(N, classes)` with the top, else `(N, C, H, W)` or `(N, C)` when pooled.
+    """
+    arguments.check_common(weights, include_top, classes, input_tensor, pooling)
+    if input_shape is not None and len(input_shape) == 3:
+        rows, cols = input_shape[1], input_shape[2]
+        default_size = rows if rows == cols and rows in (96, 128, 160, 192, 224) else 224
+    else:
+        default_size = 224
+    input_shape = arguments.obtain_input_shape(input_shape, default_size, include_top, weights)
+    rows = input_shape[1]
+    if weights == "imagenet" and alpha not in (0.35, 0.50, 0.75, 1.0, 1.3, 1.4):
+        raise ValueError("If imagenet weights are being loaded, alpha must be one of `0.35`, "
+                         "`0.50`, `0.75`, `1.0`, `1.3` or `1.4` only; "
+                         f"Received `alpha={alpha}`")
+    if include_top:
+        top_activation = arguments.classifier_activation(classifier_activation, weights)
+
+    model = KerasModel(
+        name or f"mobilenetv2_{alpha:0.2f}_{rows}", input_shape,
+        dict(family="mobilenet_v2", input_shape=input_shape, alpha=alpha,
+             include_top=include_top, pooling=pooling, classes=classes))
+    x = model.input()
+    filters = make_divisible(32 * alpha)
+    x = model.add("Conv1", Conv2d(input_shape[0], filters, 3, stride=2), x)
+    x = model.add("bn_Conv1", BatchNorm2d(filters, BN_MOMENTUM), x)
+    x = model.add("Conv1_relu", ReLU6(), x)
+
+    for block_id, (block_filters, stride, expansion) in enumerate(BLOCKS):
+        x = _inverted_res_block(model, x, block_filters, alpha, stride, expansion, block_id)
+
+    # Only widening grows the last conv; narrower models keep 1280 features.
+    last_filters = make_divisible(1280 * alpha) if alpha > 1.0 else 1280
+    x = model.add("Conv_1", Conv2d(x.shape[0], last_filters, 1), x)
+    x = model.add("Conv_1_bn", BatchNorm2d(last_filters, BN_MOMENTUM), x)
+    x = model.add("out_relu", ReLU6(), x)
+
+    if include_top:
+        x = model.add("global_average_pooling2d", GlobalAveragePooling2D(), x)
+        model.add("predictions", Dense(last_filters, classes, top_activation), x)
+    elif pooling == "avg":
+        model.add("global_average_pooling2d", GlobalAveragePooling2D(), x)
+    elif pooling == "max":
+        model.add("global_max_pooling2d", GlobalMaxPooling2D(), x)
+    return arguments.load_requested_weights(model, weights)
+
+
+def _inverted_res_block(model, inputs, filters, alpha, stride, expansion, block_id):
+    in_channels = inputs.shape[0]
+    pointwise_filters = make_divisible(int(filters * alpha))
+    x = inputs
+    if block_id:
+        prefix = f"block_{block_id}_"
+        # The expansion is not rounded: in_channels is already a multiple of 8.
+        x = model.add(f"{prefix}expand", Conv2d(in_channels, expansion * in_channels, 1), x)
+        x = model.add(f"{prefix}expand_BN", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
+        x = model.add(f"{prefix}expand_relu", ReLU6(), x)
+    else:
+        prefix = "expanded_conv_"
+    if stride == 2:
+        x = model.add(f"{prefix}pad", ZeroPadding2D(correct_pad(x.shape, 3)), x)
+    x = model.add(f"{prefix}depthwise", DepthwiseConv2d(
+        x.shape[0], 3, stride=stride, padding="same" if stride == 1 else "valid"), x)
+    x = model.add(f"{prefix}depthwise_BN", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
+    x = model.add(f"{prefix}depthwise_relu", ReLU6(), x)
+    x = model.add(f"{prefix}project", Conv2d(x.shape[0], pointwise_filters, 1), x)
+    x = model.add(f"{prefix}project_BN", BatchNorm2d(pointwise_filters, BN_MOMENTUM), x)
+    if in_channels == pointwise_filters and stride == 1:
+        x = model.add(f"{prefix}add", Add(), inputs, x)
+    return x
