@@ -26,7 +26,7 @@ from .functional import KerasModel
 from .keras_files import FileLayer, KerasFile, WeightsFileError, read_keras_file
 from .layers import WEIGHTED_LAYERS
 
-CONFIG_KEY = "torch_mobilenets.config"
+METADATA_KEY = "torch_mobilenets"
 # The config entries that decide the weights' shapes; the rest (input size, pooling, dropout,
 # activation, preprocessing) can be chosen freely when loading.
 ARCHITECTURE_KEYS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
@@ -64,25 +64,30 @@ def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
     pairs = []
     for file_layers, model_layers in groups:
         for i in range(max(len(file_layers), len(model_layers))):
-            if i >= len(file_layers):
+            fits = i < len(file_layers) and i < len(model_layers) and \
+                _mismatch(file_layers[i], model_layers[i][1]) is None
+            if fits:
+                pairs.append((file_layers[i], *model_layers[i]))
+                continue
+            # Say which side has a layer the other lacks when skipping it realigns the two.
+            if i >= len(file_layers) or (i + 1 < len(model_layers) and i < len(file_layers)
+                                         and not _mismatch(file_layers[i], model_layers[i + 1][1])):
                 name, module = model_layers[i]
                 raise WeightsFileError(
                     f"{keras_file.path}: the file has no weights for layer {name!r} "
                     f"({module.keras_class}, expected shapes {module.keras_shapes()}): it holds "
                     f"{len(file_layers)} such layers, model {model.name!r} has "
                     f"{len(model_layers)}")
-            if i >= len(model_layers):
+            if i >= len(model_layers) or (i + 1 < len(file_layers)
+                                          and not _mismatch(file_layers[i + 1], model_layers[i][1])):
                 raise WeightsFileError(
                     f"{keras_file.path}: layer {file_layers[i].describe()} has no counterpart in "
                     f"model {model.name!r}: the file holds {len(file_layers)} such layers, the "
                     f"model {len(model_layers)}")
-            file_layer, (name, module) = file_layers[i], model_layers[i]
-            problem = _mismatch(file_layer, module)
-            if problem:
-                raise WeightsFileError(
-                    f"{keras_file.path}: layer {file_layer.name!r} does not fit model layer "
-                    f"{name!r} ({module.keras_class}): {problem}")
-            pairs.append((file_layer, name, module))
+            name, module = model_layers[i]
+            raise WeightsFileError(
+                f"{keras_file.path}: layer {file_layers[i].name!r} does not fit model layer "
+                f"{name!r} ({module.keras_class}): {_mismatch(file_layers[i], module)}")
     return pairs
 
 
@@ -268,14 +273,15 @@ def convert(src, dst, **known) -> dict:
     keras_file = read(src)
     config = file_config(keras_file, **known)
     state = keras_state_dict(keras_file, build(config, "meta"))
-    metadata = {
-        "format": "pt",
-        CONFIG_KEY: json.dumps(config, sort_keys=True),
-        "torch_mobilenets.source_file": src.name,
-        "torch_mobilenets.source_sha256": sha256(src),
-        "torch_mobilenets.source_layout": keras_file.layout,
-        "torch_mobilenets.converter_version": __version__,
-    }
+    # One metadata entry: safetensors writes its metadata map in no fixed order, and a
+    # conversion should give the same bytes every time.
+    metadata = {METADATA_KEY: json.dumps({
+        "config": config,
+        "source_file": src.name,
+        "source_sha256": sha256(src),
+        "source_layout": keras_file.layout,
+        "converter_version": __version__,
+    }, sort_keys=True)}
     _atomic_write(dst, lambda tmp: save_file(state, tmp, metadata))
     return config
 
@@ -294,7 +300,7 @@ def _atomic_write(dst: Path, write) -> None:
 
 
 def read_safetensors(path) -> tuple:
-    """(state dict, config or None) of a converted checkpoint."""
+    """(state dict, config or None) of a checkpoint; converted ones record their config."""
     path = Path(path)
     try:
         with safe_open(path, framework="pt") as f:
@@ -302,7 +308,10 @@ def read_safetensors(path) -> tuple:
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsFileError(f"{path}: not a readable safetensors file ({error})") from None
-    config = json.loads(metadata[CONFIG_KEY]) if CONFIG_KEY in metadata else None
+    try:
+        config = json.loads(metadata[METADATA_KEY])["config"] if METADATA_KEY in metadata else None
+    except (ValueError, KeyError, TypeError):
+        raise WeightsFileError(f"{path}: unreadable '{METADATA_KEY}' metadata") from None
     return state, config
 
 
