@@ -13,7 +13,6 @@ from typing import Callable, Optional, Union
 from torch import nn
 
 from . import layers
-from .functional import check_input_shape
 
 Weights = Union[None, str, os.PathLike]
 
@@ -116,3 +115,20 @@ def load_requested_weights(model, weights: Weights):
 
     load_weights(model, weights)
     return model
+
+
+def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple:
+    """Validate a channels-first `(C, H, W)` input shape; H and W may be None."""
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"`input_shape` must be a tuple of three integers (channels, height, width), "
+            f"channels first; got input_shape={input_shape}"
+        )
+    channels, height, width = input_shape
+    if channels is None:
+        raise ValueError(f"the channel count of `input_shape` must be given; got {input_shape}")
+    if (height is not None and height < min_size) or (width is not None and width < min_size):
+        raise ValueError(
+            f"Input size must be at least {min_size}x{min_size}; got input_shape={input_shape}"
+        )
+    return tuple(input_shape)

@@ -45,22 +45,25 @@ def weighted_layers(model: KerasModel) -> list:
     return [(name, m) for name, m in model.named_children() if isinstance(m, WEIGHTED_LAYERS)]
 
 
+def _aligned(keras_file: KerasFile, targets: list) -> list:
+    """(file layers, model layers) lists that correspond position by position: the whole
+    sequence for legacy files, one pair of lists per Keras class for Keras 3 files."""
+    if keras_file.ordered:
+        return [(keras_file.layers, targets)]
+    return [([f for f in keras_file.layers if keras_class in f.classes],
+             [(n, m) for n, m in targets if m.keras_class == keras_class])
+            for keras_class in sorted({m.keras_class for _, m in targets})]
+
+
 def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
     """Pair each weighted file layer with a weighted model layer, checking classes and shapes.
     Raises WeightsFileError naming the file, both layers and what differs."""
-    targets = weighted_layers(model)
-    if keras_file.ordered:
-        groups = [(keras_file.layers, targets)]
-    else:
-        groups = []
-        for keras_class in sorted({m.keras_class for _, m in targets}):
-            groups.append(([f for f in keras_file.layers if keras_class in f.classes],
-                           [(n, m) for n, m in targets if m.keras_class == keras_class]))
-        unknown = [f for f in keras_file.layers if not f.classes]
-        if unknown:
-            raise WeightsFileError(
-                f"{keras_file.path}: layer {unknown[0].describe()} is of a class no "
-                f"{model.name!r} layer has")
+    groups = _aligned(keras_file, weighted_layers(model))
+    unknown = [f for f in keras_file.layers if not f.classes]
+    if unknown:
+        raise WeightsFileError(
+            f"{keras_file.path}: layer {unknown[0].describe()} is of a class no "
+            f"{model.name!r} layer has")
     pairs = []
     for file_layers, model_layers in groups:
         for i in range(max(len(file_layers), len(model_layers))):
@@ -200,28 +203,16 @@ def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> Op
 
 def _counts_fit(keras_file: KerasFile, model: KerasModel) -> bool:
     targets = weighted_layers(model)
-    if len(targets) != len(keras_file.layers):
-        return False
-    if keras_file.ordered:
-        return all(m.keras_class in f.classes for f, (_, m) in zip(keras_file.layers, targets))
-    for keras_class in {m.keras_class for _, m in targets}:
-        wanted = sum(m.keras_class == keras_class for _, m in targets)
-        if sum(keras_class in f.classes for f in keras_file.layers) != wanted:
-            return False
-    return True
+    return len(targets) == len(keras_file.layers) and all(
+        len(file_layers) == len(model_layers)
+        and all(m.keras_class in f.classes for f, (_, m) in zip(file_layers, model_layers))
+        for file_layers, model_layers in _aligned(keras_file, targets))
 
 
 def _pair_positions(keras_file: KerasFile, model: KerasModel) -> dict:
     """Model layer name -> file layer, by position only (no shape check)."""
-    targets = weighted_layers(model)
-    if keras_file.ordered:
-        return {name: f for f, (name, _) in zip(keras_file.layers, targets)}
-    paired = {}
-    for keras_class in {m.keras_class for _, m in targets}:
-        file_layers = [f for f in keras_file.layers if keras_class in f.classes]
-        names = [n for n, m in targets if m.keras_class == keras_class]
-        paired.update(zip(names, file_layers))
-    return paired
+    return {name: f for file_layers, model_layers in _aligned(keras_file, weighted_layers(model))
+            for f, (name, _) in zip(file_layers, model_layers)}
 
 
 def read(path) -> KerasFile:

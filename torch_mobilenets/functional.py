@@ -99,20 +99,3 @@ def _with_release_points(graph):
         released.setdefault(step, []).append(node)
     return [(name, inputs, tuple(released.get(step, ())))
             for step, (name, inputs) in enumerate(graph, start=1)]
-
-
-def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple:
-    """Validate a channels-first `(C, H, W)` input shape; H and W may be None."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"`input_shape` must be a tuple of three integers (channels, height, width), "
-            f"channels first; got input_shape={input_shape}"
-        )
-    channels, height, width = input_shape
-    if channels is None:
-        raise ValueError(f"the channel count of `input_shape` must be given; got {input_shape}")
-    if (height is not None and height < min_size) or (width is not None and width < min_size):
-        raise ValueError(
-            f"Input size must be at least {min_size}x{min_size}; got input_shape={input_shape}"
-        )
-    return tuple(input_shape)

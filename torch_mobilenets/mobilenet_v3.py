@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import NamedTuple, Union
 
 from . import arguments
-from .functional import KerasModel, check_input_shape
+from .functional import KerasModel
 from .imagenet import decode_predictions  # noqa: F401  (the Keras module exports it too)
 from .layers import (Add, BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,
                      GlobalAveragePooling2D, GlobalMaxPooling2D, HardSwish, ReLU, Rescaling,
@@ -116,7 +116,7 @@ def _mobilenet_v3(model_type, blocks, last_point_ch, *, input_shape, alpha, mini
                   include_top, weights, input_tensor, classes, pooling, dropout_rate,
                   classifier_activation, include_preprocessing, name) -> KerasModel:
     arguments.check_common(weights, include_top, classes, input_tensor, pooling)
-    input_shape = (3, None, None) if input_shape is None else check_input_shape(input_shape)
+    input_shape = (3, None, None) if input_shape is None else arguments.check_input_shape(input_shape)
     if weights == "imagenet" and (alpha not in (0.75, 1.0) if not minimalistic else alpha != 1.0):
         raise ValueError("If imagenet weights are being loaded, alpha can be one of `0.75`, "
                          "`1.0` for non minimalistic or `1.0` for minimalistic only.")
