@@ -43,6 +43,16 @@ def check_common(weights: Weights, include_top: bool, classes: int, input_tensor
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received pooling={pooling!r}")
 
 
+def default_size(input_shape: Optional[tuple], official_sizes: tuple) -> int:
+    """The size Keras checks a top against: the given square size if official weights exist for
+    it, else 224."""
+    if input_shape is not None and len(input_shape) == 3:
+        rows, cols = input_shape[1], input_shape[2]
+        if rows == cols and rows in official_sizes:
+            return rows
+    return 224
+
+
 def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_flatten: bool,
                        weights: Weights, min_size: int = 32) -> tuple:
     """Keras' `imagenet_utils.obtain_input_shape` for V1 and V2, channels first.

@@ -49,12 +49,8 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         returning `(N, classes)` with the top, else `(N, C, H, W)` or `(N, C)` when pooled.
     """
     arguments.check_common(weights, include_top, classes, input_tensor, pooling)
-    if input_shape is not None and len(input_shape) == 3:
-        rows, cols = input_shape[1], input_shape[2]
-        default_size = rows if rows == cols and rows in (128, 160, 192, 224) else 224
-    else:
-        default_size = 224
-    input_shape = arguments.obtain_input_shape(input_shape, default_size, include_top, weights)
+    size = arguments.default_size(input_shape, official_sizes=(128, 160, 192, 224))
+    input_shape = arguments.obtain_input_shape(input_shape, size, include_top, weights)
     rows, cols = input_shape[1], input_shape[2]
     if depth_multiplier != int(depth_multiplier) or depth_multiplier < 1:
         raise ValueError(f"depth_multiplier must be a positive integer; got {depth_multiplier}")

@@ -46,12 +46,8 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
         returning `(N, classes)` with the top, else `(N, C, H, W)` or `(N, C)` when pooled.
     """
     arguments.check_common(weights, include_top, classes, input_tensor, pooling)
-    if input_shape is not None and len(input_shape) == 3:
-        rows, cols = input_shape[1], input_shape[2]
-        default_size = rows if rows == cols and rows in (96, 128, 160, 192, 224) else 224
-    else:
-        default_size = 224
-    input_shape = arguments.obtain_input_shape(input_shape, default_size, include_top, weights)
+    size = arguments.default_size(input_shape, official_sizes=(96, 128, 160, 192, 224))
+    input_shape = arguments.obtain_input_shape(input_shape, size, include_top, weights)
     rows = input_shape[1]
     if weights == "imagenet" and alpha not in (0.35, 0.50, 0.75, 1.0, 1.3, 1.4):
         raise ValueError("If imagenet weights are being loaded, alpha must be one of `0.35`, "
