@@ -22,7 +22,7 @@ def parse_args(argv):
     parser.add_argument("src", type=Path, help="Keras weights file")
     parser.add_argument("dst", type=Path, help="output .safetensors file")
     parser.add_argument("--family", choices=["mobilenet", "mobilenet_v2", "mobilenet_v3_small",
-                                             "mobilenet_v3_large"])
+                                             "mobilenet_v3_large", "mobilenet_v3_backbone"])
     parser.add_argument("--alpha", type=float)
     parser.add_argument("--depth-multiplier", type=int, dest="depth_multiplier")
     parser.add_argument("--minimalistic", action=argparse.BooleanOptionalAction, default=None)

@@ -19,11 +19,20 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
 
+def keras_cv_backbone(weights=None, **kwargs):
+    """KerasCV's MobileNetV3Backbone (imported on first use: keras_cv is slow to import)."""
+    from keras_cv.models import MobileNetV3Backbone
+
+    assert weights is None, "KerasCV backbones take weights through presets"
+    return MobileNetV3Backbone(**kwargs)
+
+
 FAMILIES = {
     "mobilenet": keras.applications.MobileNet,
     "mobilenet_v2": keras.applications.MobileNetV2,
     "mobilenet_v3_small": keras.applications.MobileNetV3Small,
     "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+    "mobilenet_v3_backbone": keras_cv_backbone,
 }
 
 LAYOUTS = ("keras2_h5", "keras3_h5", "full_model_h5", "weights_h5", "keras_zip")
@@ -126,6 +135,14 @@ def _fit_to_input(layer, x, is_classifier):
         var = var + 0.1 * var.mean()
         moving_mean = mean + np.sqrt(var) * mean_draw
         layer.set_weights([gamma, beta, moving_mean.astype(np.float32), (var * var_draw).astype(np.float32)])
+    elif hasattr(layer, "squeeze_conv"):
+        # KerasCV's nested squeeze-excite: scale each conv to its own input, as below.
+        pooled = x.mean(axis=(1, 2), dtype=np.float64)
+        kernel, bias, excite_kernel, excite_bias = layer.get_weights()
+        kernel = kernel / np.sqrt(np.mean(pooled**2))
+        squeezed = np.maximum(pooled @ kernel.reshape(pooled.shape[1], -1) + bias, 0)
+        excite_kernel = excite_kernel / np.sqrt(np.mean(squeezed**2) + 1e-12)
+        layer.set_weights([w.astype(np.float32) for w in (kernel, bias, excite_kernel, excite_bias)])
     elif any(w.name == "bias" for w in layer.weights):
         kernel, bias = layer.get_weights()
         if is_classifier:

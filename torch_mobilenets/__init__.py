@@ -6,6 +6,8 @@ from .functional import KerasModel
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
+from .mobilenet_v3_backbone import (MobileNetV3Backbone, MobileNetV3LargeBackbone,
+                                    MobileNetV3SmallBackbone)
 
 __version__ = "0.1.0"
 
@@ -15,7 +17,9 @@ FAMILIES = {
     "mobilenet_v2": MobileNetV2,
     "mobilenet_v3_small": MobileNetV3Small,
     "mobilenet_v3_large": MobileNetV3Large,
+    "mobilenet_v3_backbone": MobileNetV3Backbone,
 }
 
-__all__ = ["FAMILIES", "KerasModel", "MobileNet", "MobileNetV2", "MobileNetV3Large",
-           "MobileNetV3Small", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3"]
+__all__ = ["FAMILIES", "KerasModel", "MobileNet", "MobileNetV2", "MobileNetV3Backbone",
+           "MobileNetV3Large", "MobileNetV3LargeBackbone", "MobileNetV3Small",
+           "MobileNetV3SmallBackbone", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3"]

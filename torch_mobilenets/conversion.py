@@ -30,7 +30,9 @@ METADATA_KEY = "torch_mobilenets"
 # The config entries that decide the weights' shapes; the rest (input size, pooling, dropout,
 # activation, preprocessing) can be chosen freely when loading.
 ARCHITECTURE_KEYS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
-                     "classes")
+                     "classes", "stackwise_expansion", "stackwise_filters",
+                     "stackwise_kernel_size", "stackwise_stride", "stackwise_se_ratio",
+                     "stackwise_activation")
 # Widths tried when inferring alpha: the official ones first, then a fine grid.
 ALPHA_CANDIDATES = [1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4] + [round(0.05 * i, 2) for i in range(2, 61)]
 
@@ -94,11 +96,21 @@ def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
     return pairs
 
 
+def _arrays(file_layer: FileLayer, module) -> list:
+    """The file layer's arrays in the module's Keras order. Keras 3 files keep nested layers
+    (KerasCV's squeeze-excite) under their attribute names in alphabetical order."""
+    order = getattr(module, "keras_sublayers", None)
+    owners = [v.split("/")[0] for v in file_layer.variables]
+    if not order or set(owners) != set(order):
+        return file_layer.arrays
+    return [a for sub in order for a, owner in zip(file_layer.arrays, owners) if owner == sub]
+
+
 def _mismatch(file_layer: FileLayer, module) -> Optional[str]:
     if module.keras_class not in file_layer.classes:
         return f"the file's layer is a {'/'.join(sorted(file_layer.classes)) or 'unknown class'}"
     expected = module.keras_shapes()
-    got = [tuple(a.shape) for a in file_layer.arrays]
+    got = [tuple(a.shape) for a in _arrays(file_layer, module)]
     if expected != got:
         return f"expected shapes {expected}, the file has {got}"
     return None
@@ -108,7 +120,7 @@ def keras_state_dict(keras_file: KerasFile, model: KerasModel) -> dict:
     """The model's state dict, filled from the file; every tensor of both is used exactly once."""
     state = {}
     for file_layer, name, module in match_layers(keras_file, model):
-        for key, tensor in module.from_keras(file_layer.arrays).items():
+        for key, tensor in module.from_keras(_arrays(file_layer, module)).items():
             state[f"{name}.{key}"] = tensor
     return state
 
@@ -125,7 +137,10 @@ def _guess(keras_file: KerasFile, model: KerasModel) -> str:
 
 
 def describe_config(config: dict) -> str:
-    parts = [f"{k}={config[k]!r}" for k in ARCHITECTURE_KEYS[1:] if k in config]
+    parts = [f"{k}={config[k]!r}" for k in ARCHITECTURE_KEYS[1:]
+             if k in config and not isinstance(config[k], list)]
+    if "stackwise_filters" in config:
+        parts.append(f"{len(config['stackwise_filters'])} blocks")
     return f"{config['family']} ({', '.join(parts)})"
 
 
@@ -151,16 +166,12 @@ def infer_config(keras_file: KerasFile, _quiet: bool = False, **known) -> dict:
     include_top, classes, and depth_multiplier / minimalistic where the family has them.
     `known` fixes any of these instead of searching."""
     for family in [known["family"]] if "family" in known else list(_families()):
-        params = inspect.signature(_families()[family]).parameters
-        for include_top in _choices(known, "include_top", (True, False)):
-            minimalistic_choices = (False, True) if "minimalistic" in params else (None,)
-            for minimalistic in _choices(known, "minimalistic", minimalistic_choices):
-                base = {"family": family, "include_top": include_top}
-                if minimalistic is not None:
-                    base["minimalistic"] = minimalistic
-                config = _search_widths(keras_file, base, params, known)
-                if config:
-                    return config
+        builder = _families()[family]
+        params = inspect.signature(builder).parameters
+        for variant in _variants(builder, params, known):
+            config = _search_widths(keras_file, {"family": family, **variant}, params, known)
+            if config:
+                return config
     if _quiet:
         raise WeightsFileError("")
     given = f" with {known}" if known else ""
@@ -174,6 +185,18 @@ def _choices(known: dict, key: str, default):
     return [known[key]] if key in known else list(default)
 
 
+def _variants(builder, params, known: dict) -> list:
+    """A builder's discrete architecture choices; widths, classes and depth multipliers are
+    read or searched afterwards. Builders without a top list theirs (`architecture_variants`)."""
+    if hasattr(builder, "architecture_variants"):
+        return [dict(v) for v in builder.architecture_variants]
+    variants = [{"include_top": top} for top in _choices(known, "include_top", (True, False))]
+    if "minimalistic" in params:
+        variants = [dict(v, minimalistic=m) for v in variants
+                    for m in _choices(known, "minimalistic", (False, True))]
+    return variants
+
+
 def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> Optional[dict]:
     # At alpha 1 a wrong family or top fails on layer counts or classes already; only then is it
     # worth reading the classes and multiplier off the file and scanning the widths.
@@ -182,7 +205,7 @@ def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> Op
     if not _counts_fit(keras_file, model):
         return None
     pairs = _pair_positions(keras_file, model)
-    if base["include_top"]:
+    if base.get("include_top"):
         # The last weighted layer is the classifier: its kernel's last axis is the class count.
         last = pairs[weighted_layers(model)[-1][0]]
         probe["classes"] = known.get("classes", last.arrays[0].shape[-1])

@@ -15,7 +15,7 @@ fixes some paddings from static shapes at build time. `forward` replays the reco
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Iterable, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -64,15 +64,32 @@ class KerasModel(nn.Module):
         return [name for name, _ in self._graph]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x)[0]
+
+    def forward_layers(self, x: torch.Tensor, names: Iterable[str]) -> dict:
+        """The outputs of the named layers, computing only as far as the last of them."""
+        names = set(names)
+        unknown = sorted(names - set(self.layer_names))
+        if unknown:
+            raise ValueError(f"model {self.name!r} has no layers {unknown}")
+        last = max(self.layer_names.index(n) for n in names) + 1
+        return self._run(x, keep=names, last_node=last)[1]
+
+    def _run(self, x: torch.Tensor, keep=frozenset(), last_node: Optional[int] = None):
+        """Replay the graph; returns (the last output, the outputs of the layers in `keep`)."""
         self._check_input(x)
         if self._plan is None:
             self._plan = _with_release_points(self._graph)
-        values = {0: x}
+        values, kept = {0: x}, {}
         for node, (name, inputs, released) in enumerate(self._plan, start=1):
-            values[node] = self._modules[name](*(values[i] for i in inputs))
+            out = values[node] = self._modules[name](*(values[i] for i in inputs))
+            if name in keep:
+                kept[name] = out
+            if node == last_node:
+                break
             for i in released:  # drop activations nothing reads again, as Keras' executor does
                 del values[i]
-        return values[len(self._graph)]
+        return out, kept
 
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (None,) + self.input_shape

@@ -92,10 +92,10 @@ def read_keras_file(path, known_classes) -> KerasFile:
 
 def _read_hdf5(f: h5py.File, path: Path, known_classes, model_config=None) -> KerasFile:
     if _has_list_attr(f, "layer_names"):
-        return KerasFile(path, "legacy_h5", _read_legacy(f, path), True)
+        return KerasFile(path, "legacy_h5", _read_legacy(f, path, known_classes), True)
     if "model_weights" in f and _has_list_attr(f["model_weights"], "layer_names"):
         config = _json_attr(f, "model_config")
-        return KerasFile(path, "legacy_full_model_h5", _read_legacy(f["model_weights"], path),
+        return KerasFile(path, "legacy_full_model_h5", _read_legacy(f["model_weights"], path, known_classes),
                          True, config)
     if "layers" in f:
         return KerasFile(path, "keras3_weights_h5", _read_keras3(f, path, known_classes), False,
@@ -125,7 +125,7 @@ def _read_keras_archive(path: Path, known_classes) -> KerasFile:
     return keras_file
 
 
-def _read_legacy(group: h5py.Group, path: Path) -> list:
+def _read_legacy(group: h5py.Group, path: Path, known_classes) -> list:
     layers = []
     for layer_name in _list_attr(group, "layer_names"):
         if layer_name not in group:
@@ -142,11 +142,22 @@ def _read_legacy(group: h5py.Group, path: Path) -> list:
                     f"{path}: layer {layer_name!r} names weight {weight_name!r}, which the file "
                     "does not hold")
             arrays.append(_read_array(layer_group[weight_name], path, layer_name))
-        # `conv1/kernel:0` -> `kernel`
-        variables = [w.split("/")[-1].split(":")[0] for w in weight_names]
-        layers.append(FileLayer(layer_name, _classes_from_variables(variables, arrays),
-                                arrays, variables))
+        variables = [_relative_variable(w, layer_name) for w in weight_names]
+        if any("/" in v for v in variables):  # a layer holding layers (KerasCV's SE)
+            class_group = re.sub(r"_\d+$", "", layer_name)
+            classes = frozenset(c for c in known_classes if snake_case(c) == class_group)
+        else:
+            classes = _classes_from_variables(variables, arrays)
+        layers.append(FileLayer(layer_name, classes, arrays, variables))
     return layers
+
+
+def _relative_variable(weight_name: str, layer_name: str) -> str:
+    """`conv1/kernel:0` -> `kernel`; a nested layer's `se/conv2d/kernel` -> `conv2d/kernel`."""
+    weight_name = weight_name.split(":")[0]
+    if weight_name.startswith(layer_name + "/"):
+        return weight_name[len(layer_name) + 1:]
+    return weight_name.split("/")[-1]
 
 
 def _classes_from_variables(variables: list, arrays: list) -> frozenset:
@@ -165,19 +176,37 @@ def _read_keras3(f: h5py.File, path: Path, known_classes) -> list:
     by_group = {snake_case(c): c for c in known_classes}
     found = []
     for group_name, group in f["layers"].items():
-        if not isinstance(group, h5py.Group) or "vars" not in group or not len(group["vars"]):
+        variables, arrays = _keras3_variables(group, path, group_name)
+        if not arrays:
             continue
         match = re.fullmatch(r"(.*?)(?:_(\d+))?", group_name)
         class_group, index = match.group(1), int(match.group(2) or 0)
-        variables = group["vars"]
-        arrays = [_read_array(variables[str(i)], path, group_name) for i in range(len(variables))]
         # Keras >= 3.6 also records the layer's own name.
-        name = variables.attrs.get("name", group_name)
+        name = group["vars"].attrs.get("name", group_name) if "vars" in group else group_name
         name = name.decode() if isinstance(name, bytes) else str(name)
         classes = frozenset({by_group[class_group]}) if class_group in by_group else frozenset()
-        found.append((class_group, index, FileLayer(name, classes, arrays)))
+        found.append((class_group, index, FileLayer(name, classes, arrays, variables)))
     found.sort(key=lambda item: (item[0], item[1]))
     return [layer for _, _, layer in found]
+
+
+def _keras3_variables(group, path: Path, layer_name: str, prefix: str = "") -> tuple:
+    """A layer's own `vars/<i>`, then those of nested layers (`<attribute>/vars/<i>`, named
+    `<attribute>/<i>`), such as KerasCV's SqueezeAndExcite2D."""
+    names, arrays = [], []
+    if not isinstance(group, h5py.Group):
+        return names, arrays
+    own = group.get("vars")
+    for i in range(len(own) if isinstance(own, h5py.Group) else 0):
+        names.append(f"{prefix}{i}")
+        arrays.append(_read_array(own[str(i)], path, layer_name))
+    for child in group:
+        if child != "vars":
+            child_names, child_arrays = _keras3_variables(group[child], path, layer_name,
+                                                          f"{prefix}{child}/")
+            names += child_names
+            arrays += child_arrays
+    return names, arrays
 
 
 def _read_array(dataset, path: Path, layer_name: str) -> np.ndarray:

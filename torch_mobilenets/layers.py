@@ -382,6 +382,41 @@ def squeeze_excite(graph, x, filters: int, se_ratio: float, prefix: str):
     return graph.add(f"{prefix}squeeze_excite_mul", Multiply(), inputs, x)
 
 
+class SqueezeAndExcite2D(nn.Module):
+    """KerasCV's `SqueezeAndExcite2D` with MobileNetV3's activations: one layer holding
+    `squeeze_conv` (ReLU) and `excite_conv` (hard sigmoid), gating its input."""
+
+    keras_class = "SqueezeAndExcite2D"
+    # Keras 3 files store nested layers by these attribute names, in no meaningful order.
+    keras_sublayers = ("squeeze_conv", "excite_conv")
+
+    def __init__(self, filters: int, bottleneck_filters: int):
+        super().__init__()
+        self.squeeze_conv = Conv2d(filters, bottleneck_filters, 1, bias=True)
+        self.excite_conv = Conv2d(bottleneck_filters, filters, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = F.relu(self.squeeze_conv(x.mean(dim=(2, 3), keepdim=True)))
+        return x * F.hardsigmoid(self.excite_conv(gate))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def keras_variables(self) -> list[str]:
+        return [f"{sub}/{v}" for sub in self.keras_sublayers
+                for v in getattr(self, sub).keras_variables()]
+
+    def keras_shapes(self) -> list[tuple]:
+        return self.squeeze_conv.keras_shapes() + self.excite_conv.keras_shapes()
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        state = {f"squeeze_conv.{k}": v for k, v in self.squeeze_conv.from_keras(arrays[:2]).items()}
+        state.update({f"excite_conv.{k}": v
+                      for k, v in self.excite_conv.from_keras(arrays[2:]).items()})
+        return state
+
+
 # Keras activation names a user may pass as `classifier_activation`.
 CLASSIFIER_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "softmax": Softmax,
@@ -391,4 +426,4 @@ CLASSIFIER_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": lambda: Activation(torch.tanh),
 }
 
-WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense)
+WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense, SqueezeAndExcite2D)

@@ -6,7 +6,7 @@ Reference: Howard et al., "Searching for MobileNetV3" (ICCV 2019).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Union
 
 from . import arguments
 from .functional import KerasModel
@@ -169,29 +169,42 @@ def _mobilenet_v3(model_type, blocks, last_point_ch, *, input_shape, alpha, mini
     return arguments.load_requested_weights(model, weights)
 
 
+class Naming(NamedTuple):
+    """How a Keras code base names the layers of a V3 block and packages its squeeze-excite.
+    The applications and KerasCV build the same function under different names."""
+
+    batch_norm: str  # suffix of the BatchNormalization layers
+    add: str  # name of the residual Add within the block
+    squeeze_excite: Callable  # (model, x, filters, se_ratio, prefix) -> x
+
+
+APPLICATIONS = Naming("bn", "add", squeeze_excite)
+
+
 def _inverted_res_block(model, inputs, expansion, filters, kernel_size, stride, se_ratio,
-                        activation, block_id):
+                        activation, block_id, naming: Naming = APPLICATIONS):
     in_channels = inputs.shape[0]
     x = inputs
     prefix = "expanded_conv_"
+    bn = naming.batch_norm
     if block_id:
         prefix = f"expanded_conv_{block_id}_"
         expanded = make_divisible(in_channels * expansion)
         x = model.add(f"{prefix}expand", Conv2d(in_channels, expanded, 1), x)
-        x = model.add(f"{prefix}expand_bn", BatchNorm2d(expanded, BN_MOMENTUM), x)
+        x = model.add(f"{prefix}expand_{bn}", BatchNorm2d(expanded, BN_MOMENTUM), x)
         x = model.add(f"{prefix}expand_activation", activation(), x)
     if stride == 2:
         x = model.add(f"{prefix}depthwise_pad", ZeroPadding2D(correct_pad(x.shape, kernel_size)), x)
     x = model.add(f"{prefix}depthwise", DepthwiseConv2d(
         x.shape[0], kernel_size, stride=stride, padding="same" if stride == 1 else "valid"), x)
-    x = model.add(f"{prefix}depthwise_bn", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
+    x = model.add(f"{prefix}depthwise_{bn}", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
     x = model.add(f"{prefix}depthwise_activation", activation(), x)
     if se_ratio:
-        x = squeeze_excite(model, x, x.shape[0], se_ratio, prefix)
+        x = naming.squeeze_excite(model, x, x.shape[0], se_ratio, prefix)
     x = model.add(f"{prefix}project", Conv2d(x.shape[0], filters, 1), x)
-    x = model.add(f"{prefix}project_bn", BatchNorm2d(filters, BN_MOMENTUM), x)
+    x = model.add(f"{prefix}project_{bn}", BatchNorm2d(filters, BN_MOMENTUM), x)
     if stride == 1 and in_channels == filters:
-        x = model.add(f"{prefix}add", Add(), inputs, x)
+        x = model.add(f"{prefix}{naming.add}", Add(), inputs, x)
     return x
 
 
