@@ -122,6 +122,15 @@ def test_from_preset_folder(preset_folder):
     assert_backbone_parity(keras, ours, 97, 97, "preset folder")
 
 
+def test_converter_reads_a_preset_folder(preset_folder, tmp_path):
+    keras, folder = preset_folder
+    out = tmp_path / "preset.safetensors"
+    config = conversion.convert(folder, out)
+    assert config["family"] == FAMILY and config["stackwise_filters"] == LARGE["stackwise_filters"]
+    ours = tm.MobileNetV3Backbone(weights=out, **LARGE, include_rescaling=True)
+    assert_backbone_parity(keras, ours, 64, 80, "converted preset folder")
+
+
 def test_from_preset_name_reads_the_local_preset_directory(preset_folder, monkeypatch):
     keras, folder = preset_folder
     monkeypatch.setenv("TORCH_MOBILENETS_KERAS_CV_PRESETS", str(folder.parent))

@@ -292,7 +292,7 @@ def convert(src, dst, **known) -> dict:
     metadata = {METADATA_KEY: json.dumps({
         "config": config,
         "source_file": src.name,
-        "source_sha256": sha256(src),
+        "source_sha256": sha256(keras_file.path),  # a preset folder: its weights file
         "source_layout": keras_file.layout,
         "converter_version": __version__,
     }, sort_keys=True)}

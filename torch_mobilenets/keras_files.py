@@ -7,7 +7,8 @@ Layouts:
   `depthwise_kernel:0`, TF 2.4-era names with slashes such as `Conv/BatchNorm/gamma:0`);
 - legacy full-model `.h5`: the same under a `model_weights` group, plus `model_config` JSON;
 - Keras 3 `.weights.h5`: `layers/<snake_case class>[_N]/vars/<i>`;
-- `.keras`: a zip holding `config.json` and a Keras 3 `model.weights.h5`.
+- `.keras`: a zip holding `config.json` and a Keras 3 `model.weights.h5`;
+- a KerasCV preset folder: `config.json`, `metadata.json` and a Keras 3 `model.weights.h5`.
 
 Legacy files list the weighted layers in the model's order, which is how Keras loads them (by
 order, names ignored). Keras 3 files only give the order within each layer class (`conv2d`,
@@ -72,6 +73,8 @@ def read_keras_file(path, known_classes) -> KerasFile:
     """Read any Keras weights layout. `known_classes` are the Keras class names our layers map
     (Keras 3 files name groups after them)."""
     path = Path(path)
+    if path.is_dir():
+        return _read_preset_folder(path, known_classes)
     if not path.is_file():
         raise WeightsFileError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -103,6 +106,18 @@ def _read_hdf5(f: h5py.File, path: Path, known_classes, model_config=None) -> Ke
     raise WeightsFileError(
         f"{path}: an HDF5 file, but not in any Keras layout (no 'layer_names' attribute, "
         "'model_weights' group or 'layers' group)")
+
+
+def _read_preset_folder(path: Path, known_classes) -> KerasFile:
+    """A KerasCV preset folder: `config.json` naming its weights file (`model.weights.h5`)."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+        weights = config.get("weights") or "model.weights.h5"
+    except (OSError, ValueError, AttributeError) as error:
+        raise WeightsFileError(f"{path}: a folder, but not a KerasCV preset ({error})") from None
+    keras_file = read_keras_file(path / weights, known_classes)
+    keras_file.layout, keras_file.model_config = "keras_cv_preset", config
+    return keras_file
 
 
 def _read_keras_archive(path: Path, known_classes) -> KerasFile:
