@@ -20,6 +20,8 @@ from typing import Iterable, NamedTuple, Optional
 import torch
 from torch import nn
 
+from .layers import ZeroPadding2D
+
 
 class KerasTensor(NamedTuple):
     """A symbolic tensor while a model is built: which node made it, and its static shape
@@ -44,7 +46,7 @@ class KerasModel(nn.Module):
         # For each layer, in order: its name and the nodes it reads. Node 0 is the model's input,
         # node i the output of the i-th layer.
         self._graph: list[tuple[str, tuple[int, ...]]] = []
-        self._plan: Optional[list] = None
+        self._plan: Optional[dict] = None  # keep-set -> steps, made on first use
 
     def input(self) -> KerasTensor:
         return KerasTensor(0, self.input_shape)
@@ -78,16 +80,28 @@ class KerasModel(nn.Module):
     def _run(self, x: torch.Tensor, keep=frozenset(), last_node: Optional[int] = None):
         """Replay the graph; returns (the last output, the outputs of the layers in `keep`)."""
         self._check_input(x)
+        keep = frozenset(keep)
         if self._plan is None:
-            self._plan = _with_release_points(self._graph)
+            self._plan = {}
+        if keep not in self._plan:
+            self._plan[keep] = _plan(self, keep)
         values, kept = {0: x}, {}
-        for node, (name, inputs, released) in enumerate(self._plan, start=1):
-            out = values[node] = self._modules[name](*(values[i] for i in inputs))
-            if name in keep:
-                kept[name] = out
+        for node, step in enumerate(self._plan[keep], start=1):
+            if step.how == "skip":
+                continue
+            layer = self._modules[step.name]
+            if step.how == "inplace":
+                out = layer.forward_inplace(values[step.inputs[0]])
+            elif step.how == "padded":
+                out = layer(values[step.inputs[0]], pad=step.pad)
+            else:
+                out = layer(*(values[i] for i in step.inputs))
+            values[node] = out
+            if step.name in keep:
+                kept[step.name] = out
             if node == last_node:
                 break
-            for i in released:  # drop activations nothing reads again, as Keras' executor does
+            for i in step.released:  # drop activations nothing reads again
                 del values[i]
         return out, kept
 
@@ -105,14 +119,45 @@ class KerasModel(nn.Module):
         return f"name={self.name!r}, input_shape={self.input_shape}"
 
 
-def _with_release_points(graph):
-    """Add to each layer the nodes whose last reader it is (the model output is read by none)."""
-    last_reader = {}
+class _Step(NamedTuple):
+    name: str
+    inputs: tuple  # nodes read
+    released: tuple  # nodes no later step reads
+    how: str = "call"  # or "inplace", "padded" (reads the input of the skipped pad), "skip"
+    pad: Optional[tuple] = None
+
+
+def _plan(model: KerasModel, keep: frozenset) -> list:
+    """How `forward` runs the graph. Two rewrites keep Keras' layers and cost nothing in
+    accuracy: a ZeroPadding2D read only by a "valid" convolution is folded into it (a bigger
+    kernel with zeros and symmetric padding, so the padded copy of the input is never made),
+    and an activation whose input nothing else reads runs in place. Outputs asked for in `keep`
+    are left alone."""
+    graph = model._graph
+    readers: dict[int, list[int]] = {}
     for step, (_, inputs) in enumerate(graph, start=1):
         for i in inputs:
+            readers.setdefault(i, []).append(step)
+    steps = []
+    for step, (name, inputs) in enumerate(graph, start=1):
+        layer = model._modules[name]
+        source = inputs[0] if len(inputs) == 1 else None
+        source_name = graph[source - 1][0] if source else None
+        how, pad = "call", None
+        if source and readers[source] == [step] and source_name not in keep:
+            producer = model._modules[source_name]
+            if hasattr(layer, "forward_inplace"):
+                how = "inplace"
+            elif isinstance(producer, ZeroPadding2D) and \
+                    getattr(layer, "keras_padding", None) == "valid":
+                how, pad, inputs = "padded", producer.padding, graph[source - 1][1]
+                steps[source - 1] = steps[source - 1]._replace(how="skip", inputs=())
+        steps.append(_Step(name, tuple(inputs), (), how, pad))
+    last_reader = {}
+    for step, s in enumerate(steps, start=1):
+        for i in s.inputs:
             last_reader[i] = step
     released: dict[int, list[int]] = {}
     for node, step in last_reader.items():
         released.setdefault(step, []).append(node)
-    return [(name, inputs, tuple(released.get(step, ())))
-            for step, (name, inputs) in enumerate(graph, start=1)]
+    return [s._replace(released=tuple(released.get(step, ()))) for step, s in enumerate(steps, 1)]

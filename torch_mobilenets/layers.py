@@ -96,7 +96,11 @@ class Conv2d(nn.Conv2d):
                          padding=static_pad, bias=bias, groups=groups)
         self._dynamic_same = padding == "same" and static_pad == 0 and (stride > 1 or kernel_size > 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
+        """`pad`, ((top, bottom), (left, right)), is a preceding ZeroPadding2D folded in (see
+        `forward_padded`)."""
+        if pad is not None:
+            return self.forward_padded(x, pad)
         if not self._dynamic_same:
             return self._conv_forward(x, self.weight, self.bias)
         kh, kw = self.kernel_size
@@ -106,6 +110,17 @@ class Conv2d(nn.Conv2d):
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+
+    def forward_padded(self, x: torch.Tensor, pad) -> torch.Tensor:
+        """This "valid" conv after ZeroPadding2D(pad), without making the padded copy of `x`:
+        padding (t, b) around a kernel equals symmetric padding max(t, b) around the kernel
+        grown by |b - t| zero rows on the side that has less padding. Exact, and for the
+        (0, 1) pads of Keras' stride-2 blocks about as fast as the plain conv."""
+        (top, bottom), (left, right) = pad
+        weight = F.pad(self.weight, (max(right - left, 0), max(left - right, 0),
+                                     max(bottom - top, 0), max(top - bottom, 0)))
+        return F.conv2d(x, weight, self.bias, self.stride, (max(top, bottom), max(left, right)),
+                        1, self.groups)
 
     def output_shape(self, shape: Shape) -> Shape:
         _, height, width = shape
@@ -237,21 +252,35 @@ class _ShapePreserving:
         return shape
 
 
+# Activations offer `forward_inplace`, which the model uses where nothing else reads the input.
+
 class ReLU(_ShapePreserving, nn.ReLU):
     """Keras `ReLU()`."""
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x, inplace=True)
 
 
 class ReLU6(_ShapePreserving, nn.ReLU6):
     """Keras `ReLU(6.0)`."""
 
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(x, inplace=True)
+
 
 class HardSwish(_ShapePreserving, nn.Hardswish):
     """Keras 3 `hard_swish`: x * relu6(x + 3) / 6."""
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardswish(x, inplace=True)
 
 
 class HardSigmoid(_ShapePreserving, nn.Hardsigmoid):
     """MobileNetV3's `hard_sigmoid`: relu6(x + 3) / 6. (Keras 2's 0.2x + 0.5 is a different
     function and breaks parity.)"""
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return F.hardsigmoid(x, inplace=True)
 
 
 class Dropout(_ShapePreserving, nn.Dropout):
@@ -284,7 +313,7 @@ class Rescaling(_ShapePreserving, nn.Module):
         self.scale, self.offset = scale, offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.scale + self.offset
+        return (x * self.scale).add_(self.offset)  # one new tensor, not two
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, offset={self.offset}"
@@ -305,8 +334,12 @@ class ZeroPadding2D(nn.Module):
         return (channels, _spatial(height, lambda n: n + self.top + self.bottom),
                 _spatial(width, lambda n: n + self.left + self.right))
 
+    @property
+    def padding(self) -> tuple:
+        return (self.top, self.bottom), (self.left, self.right)
+
     def extra_repr(self) -> str:
-        return f"padding=(({self.top}, {self.bottom}), ({self.left}, {self.right}))"
+        return f"padding={self.padding}"
 
 
 class GlobalAveragePooling2D(nn.Module):
