@@ -90,7 +90,9 @@ class KerasModel(nn.Module):
             if step.how == "skip":
                 continue
             layer = self._modules[step.name]
-            if step.how == "inplace":
+            if step.how == "alias":
+                out = values[step.inputs[0]]
+            elif step.how == "inplace":
                 out = layer.forward_inplace(values[step.inputs[0]])
             elif step.how == "padded":
                 out = layer(values[step.inputs[0]], pad=step.pad)
@@ -123,7 +125,8 @@ class _Step(NamedTuple):
     name: str
     inputs: tuple  # nodes read
     released: tuple  # nodes no later step reads
-    how: str = "call"  # or "inplace", "padded" (reads the input of the skipped pad), "skip"
+    # "call", or "inplace", "padded" (reads the input of the skipped pad), "skip", "alias"
+    how: str = "call"
     pad: Optional[tuple] = None
 
 
@@ -146,7 +149,9 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
         how, pad = "call", None
         if source and readers[source] == [step] and source_name not in keep:
             producer = model._modules[source_name]
-            if hasattr(layer, "forward_inplace"):
+            if isinstance(layer, nn.Identity):  # a layer folded into its producer
+                how = "alias"
+            elif hasattr(layer, "forward_inplace"):
                 how = "inplace"
             elif isinstance(producer, ZeroPadding2D) and \
                     getattr(layer, "keras_padding", None) == "valid":
