@@ -3,11 +3,14 @@ Keras weight files, so PyTorch logits match Keras to float32 round-off."""
 
 from . import mobilenet_v1, mobilenet_v2, mobilenet_v3
 from .functional import KerasModel
+from .inference import optimize_for_inference
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
 from .mobilenet_v3_backbone import (MobileNetV3Backbone, MobileNetV3LargeBackbone,
                                     MobileNetV3SmallBackbone)
+from .transforms import KerasPreprocessing
+from .weights import Checkpoint, list_weights
 
 __version__ = "0.1.0"
 
@@ -20,6 +23,7 @@ FAMILIES = {
     "mobilenet_v3_backbone": MobileNetV3Backbone,
 }
 
-__all__ = ["FAMILIES", "KerasModel", "MobileNet", "MobileNetV2", "MobileNetV3Backbone",
-           "MobileNetV3Large", "MobileNetV3LargeBackbone", "MobileNetV3Small",
-           "MobileNetV3SmallBackbone", "mobilenet_v1", "mobilenet_v2", "mobilenet_v3"]
+__all__ = ["FAMILIES", "Checkpoint", "KerasModel", "KerasPreprocessing", "MobileNet",
+           "MobileNetV2", "MobileNetV3Backbone", "MobileNetV3Large", "MobileNetV3LargeBackbone",
+           "MobileNetV3Small", "MobileNetV3SmallBackbone", "list_weights", "mobilenet_v1",
+           "mobilenet_v2", "mobilenet_v3", "optimize_for_inference"]

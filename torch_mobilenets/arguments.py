@@ -115,15 +115,14 @@ def load_requested_weights(model, weights: Weights):
     if weights is None:
         return model
     if weights == "imagenet":
-        raise ValueError(
-            "weights='imagenet' is not available yet in torch-mobilenets: the download of the "
-            "official Keras files is still to come. Pass weights=None, or the path to an "
-            "official Keras .h5 file you have (or its `python -m convert` output); the model "
-            "loads it directly."
-        )
+        # Keras' choice of official file for this model, downloaded, verified and converted once
+        # into torch's hub cache.
+        from .download import imagenet_weights
+
+        weights = imagenet_weights(model.config)
     from .conversion import load_weights  # the converter imports the builders
 
-    load_weights(model, weights)
+    load_weights(model, weights, assign=True)  # a fresh model: take the tensors as they are
     return model
 
 

@@ -329,12 +329,13 @@ def read_safetensors(path) -> tuple:
     return state, config
 
 
-def load_weights(model: KerasModel, path) -> KerasModel:
+def load_weights(model: KerasModel, path, assign: bool = False) -> KerasModel:
     """Load a Keras weights file (any layout) or a converted `.safetensors` into `model`.
 
     All-or-nothing: the file must fill every parameter and buffer with tensors of the right
     shapes and leave none of its own unused; otherwise a WeightsFileError is raised and the model
-    is left untouched.
+    is left untouched. `assign` (for a model on the CPU that nothing else refers to yet, as in
+    the builders) makes the loaded tensors the model's own instead of copying them once more.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -350,7 +351,8 @@ def load_weights(model: KerasModel, path) -> KerasModel:
             state = keras_state_dict(keras_file, model)
         except WeightsFileError as error:
             raise WeightsFileError(f"{error}{_guess(keras_file, model)}") from None
-    model.load_state_dict(state)
+    on_cpu = all(t.device.type in ("cpu", "meta") for t in model.state_dict().values())
+    model.load_state_dict(state, assign=assign and on_cpu)
     return model
 
 

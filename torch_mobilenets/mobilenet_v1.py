@@ -35,8 +35,9 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         depth_multiplier: depth multiplier of the depthwise convolutions (an integer).
         dropout: dropout rate before `conv_preds`.
         include_top: whether to include the classifier (`conv_preds`).
-        weights: `None` (random initialization), `"imagenet"` (not available yet), or the path to
-            a Keras weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
+        weights: `None` (random initialization); `"imagenet"`, the official Keras ImageNet file
+            Keras would load, downloaded once, verified and cached; or the path to a Keras
+            weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
         input_tensor: has no PyTorch meaning (a module is not bound to a tensor); must be None.
         pooling: without the top, `None` (4D output), `"avg"` or `"max"` (2D output).
         classes: number of classes, with the top.
@@ -52,6 +53,8 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
     size = arguments.default_size(input_shape, official_sizes=(128, 160, 192, 224))
     input_shape = arguments.obtain_input_shape(input_shape, size, include_top, weights)
     rows, cols = input_shape[1], input_shape[2]
+    if weights == "imagenet" and (rows != cols or rows not in (128, 160, 192, 224)):
+        rows = 224  # Keras names the model after the weights' size it falls back to
     if depth_multiplier != int(depth_multiplier) or depth_multiplier < 1:
         raise ValueError(f"depth_multiplier must be a positive integer; got {depth_multiplier}")
     depth_multiplier = int(depth_multiplier)

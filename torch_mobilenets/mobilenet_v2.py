@@ -32,8 +32,9 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
             as in Keras: a dynamic model assumes even sizes.
         alpha: width multiplier (filters rounded to multiples of 8).
         include_top: whether to include the classifier (`predictions`, a Dense layer).
-        weights: `None` (random initialization), `"imagenet"` (not available yet), or the path to
-            a Keras weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
+        weights: `None` (random initialization); `"imagenet"`, the official Keras ImageNet file
+            Keras would load, downloaded once, verified and cached; or the path to a Keras
+            weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
         input_tensor: has no PyTorch meaning (a module is not bound to a tensor); must be None.
         pooling: without the top, `None` (4D output), `"avg"` or `"max"` (2D output).
         classes: number of classes, with the top.
@@ -48,7 +49,9 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
     arguments.check_common(weights, include_top, classes, input_tensor, pooling)
     size = arguments.default_size(input_shape, official_sizes=(96, 128, 160, 192, 224))
     input_shape = arguments.obtain_input_shape(input_shape, size, include_top, weights)
-    rows = input_shape[1]
+    rows, cols = input_shape[1], input_shape[2]
+    if weights == "imagenet" and (rows != cols or rows not in (96, 128, 160, 192, 224)):
+        rows = 224  # Keras names the model after the weights' size it falls back to
     if weights == "imagenet" and alpha not in (0.35, 0.50, 0.75, 1.0, 1.3, 1.4):
         raise ValueError("If imagenet weights are being loaded, alpha must be one of `0.35`, "
                          "`0.50`, `0.75`, `1.0`, `1.3` or `1.4` only; "

@@ -76,8 +76,9 @@ _DOC = """Instantiates the {name} architecture, as `keras.applications.{name}` d
             (alpha > 1) also widens `conv_2`.
         minimalistic: no squeeze-excite, no hard-swish, no 5x5 kernels.
         include_top: whether to include the classifier (`conv_2`, `logits`).
-        weights: `None` (random initialization), `"imagenet"` (not available yet), or the path to
-            a Keras weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
+        weights: `None` (random initialization); `"imagenet"`, the official Keras ImageNet file
+            Keras would load, downloaded once, verified and cached; or the path to a Keras
+            weights file (`.h5`, `.weights.h5`, `.keras`) or a converted `.safetensors`.
         input_tensor: has no PyTorch meaning (a module is not bound to a tensor); must be None.
         classes: number of classes, with the top.
         pooling: without the top, `None` (4D output), `"avg"` or `"max"` (2D output).

@@ -127,7 +127,7 @@ class MobileNetV3Backbone(KerasModel):
         if weights is not None:
             from .conversion import load_weights  # the converter imports the builders
 
-            load_weights(self, weights)
+            load_weights(self, weights, assign=True)
 
     def forward_pyramid(self, x: torch.Tensor) -> dict:
         """{"P1": ..., "P5": ...}: the outputs of the layers `pyramid_level_inputs` names."""
