@@ -47,6 +47,8 @@ class KerasModel(nn.Module):
         # node i the output of the i-th layer.
         self._graph: list[tuple[str, tuple[int, ...]]] = []
         self._plan: Optional[dict] = None  # keep-set -> steps, made on first use
+        # The last layer of the body: what the top (or pooling) reads. Set by the builders.
+        self.feature_layer: Optional[str] = None
 
     def input(self) -> KerasTensor:
         return KerasTensor(0, self.input_shape)
@@ -68,6 +70,76 @@ class KerasModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
 
+    # Fine-tuning and feature extraction, by Keras layer name.
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's output (`feature_layer`), before any pooling or top."""
+        return self.forward_layers(x, [self.feature_layer])[self.feature_layer]
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The layers after `feature_layer`, applied to its output. With `pre_logits`, stop at
+        what the classifier reads, as (N, C)."""
+        start = self.layer_names.index(self.feature_layer) + 1
+        if not pre_logits:
+            return self._run(features, start_node=start)[0]
+        classifier = self._classifier_name()
+        source = self._graph[self.layer_names.index(classifier)][1][0]
+        if source == start:
+            return features.flatten(1) if features.dim() == 2 else features.mean((2, 3))
+        name = self._graph[source - 1][0]
+        return self._run(features, keep={name}, last_node=source, start_node=start)[1][name] \
+            .flatten(1)
+
+    def feature_layers(self) -> list[str]:
+        """The last layer at each resolution of the body (strides 2, 4, ..., 32): the maps a
+        detection or segmentation head reads. Use with `forward_layers`."""
+        reduction, last_at = {0: 1}, {}
+        for node, (name, inputs) in enumerate(self._graph, start=1):
+            stride = getattr(self._modules[name], "stride", (1,))
+            reduction[node] = reduction[inputs[0]] * stride[0]
+            if not isinstance(self._modules[name], ZeroPadding2D):  # a pad is no feature map
+                last_at[reduction[node]] = name
+            if name == self.feature_layer:
+                break
+        return [name for r, name in sorted(last_at.items()) if r > 1]
+
+    def get_classifier(self) -> Optional[nn.Module]:
+        """The top's classifier layer (`conv_preds`, `predictions` or `logits`), or None."""
+        name = self._classifier_name()
+        return self._modules[name] if name else None
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh classifier for `num_classes`, initialised as Keras initialises it (Glorot
+        uniform kernel, zero bias); the rest of the top (activation, dropout) is kept."""
+        name = self._classifier_name()
+        if name is None:
+            raise ValueError(f"model {self.name!r} has no classifier (built without the top)")
+        if num_classes < 1:
+            raise ValueError("num_classes must be at least 1; for features use forward_head("
+                             "x, pre_logits=True) or a model built with include_top=False")
+        old = self._modules[name]
+        device, dtype = old.weight.device, old.weight.dtype
+        self._modules[name] = old.with_outputs(num_classes).to(device=device, dtype=dtype)
+        self.config["classes"] = num_classes
+
+    def freeze(self, up_to: Optional[str] = None) -> None:
+        """Make every layer up to and including `up_to` (all when None) non-trainable, as
+        Keras' `layer.trainable = False`: no gradients, and BatchNormalization in inference mode
+        even when the model trains."""
+        names = self.layer_names
+        last = names.index(up_to) if up_to is not None else len(names) - 1
+        for name in names[:last + 1]:
+            _set_trainable(self._modules[name], False)
+
+    def unfreeze(self) -> None:
+        for name in self.layer_names:
+            _set_trainable(self._modules[name], True)
+
+    def _classifier_name(self) -> Optional[str]:
+        head = self.layer_names[self.layer_names.index(self.feature_layer) + 1:]
+        weighted = [n for n in head if hasattr(self._modules[n], "keras_class")]
+        return weighted[-1] if weighted else None
+
     def forward_layers(self, x: torch.Tensor, names: Iterable[str]) -> dict:
         """The outputs of the named layers, computing only as far as the last of them."""
         names = set(names)
@@ -77,17 +149,20 @@ class KerasModel(nn.Module):
         last = max(self.layer_names.index(n) for n in names) + 1
         return self._run(x, keep=names, last_node=last)[1]
 
-    def _run(self, x: torch.Tensor, keep=frozenset(), last_node: Optional[int] = None):
-        """Replay the graph; returns (the last output, the outputs of the layers in `keep`)."""
-        self._check_input(x)
+    def _run(self, x: torch.Tensor, keep=frozenset(), last_node: Optional[int] = None,
+             start_node: int = 0):
+        """Replay the graph, `x` being node `start_node` (the input by default); returns (the
+        last output, the outputs of the layers in `keep`)."""
+        if start_node == 0:
+            self._check_input(x)
         keep = frozenset(keep)
         if self._plan is None:
             self._plan = {}
         if keep not in self._plan:
             self._plan[keep] = _plan(self, keep)
-        values, kept = {0: x}, {}
+        values, kept = {start_node: x}, {}
         for node, step in enumerate(self._plan[keep], start=1):
-            if step.how == "skip":
+            if step.how == "skip" or node <= start_node:
                 continue
             layer = self._modules[step.name]
             if step.how == "alias":
@@ -104,7 +179,7 @@ class KerasModel(nn.Module):
             if node == last_node:
                 break
             for i in step.released:  # drop activations nothing reads again
-                del values[i]
+                values.pop(i, None)
         return out, kept
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -119,6 +194,14 @@ class KerasModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_shape={self.input_shape}"
+
+
+def _set_trainable(layer: nn.Module, trainable: bool) -> None:
+    for parameter in layer.parameters():
+        parameter.requires_grad_(trainable)
+    for module in layer.modules():
+        if hasattr(module, "trainable"):
+            module.trainable = trainable
 
 
 class _Step(NamedTuple):

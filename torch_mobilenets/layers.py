@@ -78,7 +78,25 @@ def _check_keras_shapes(layer: nn.Module, arrays: Sequence[np.ndarray]) -> None:
             raise ValueError(f"{name}: expected shape {want}, the file has {have}")
 
 
-class Conv2d(nn.Conv2d):
+def glorot_uniform_(weight: torch.Tensor, keras_kernel_shape: tuple) -> None:
+    """Keras' default kernel initializer, with Keras' fans (from its own kernel layout)."""
+    receptive = math.prod(keras_kernel_shape[:-2])
+    fan_in, fan_out = keras_kernel_shape[-2] * receptive, keras_kernel_shape[-1] * receptive
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    with torch.no_grad():
+        weight.uniform_(-limit, limit)
+
+
+class _KerasInitialized:
+    """Layers start as Keras starts them: Glorot-uniform kernels, zero biases."""
+
+    def reset_parameters(self) -> None:
+        glorot_uniform_(self.weight, self.keras_shapes()[0])
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class Conv2d(_KerasInitialized, nn.Conv2d):
     """Keras `Conv2D`, with Keras' "same" (TF, computed per input size) or "valid" padding."""
 
     keras_class = "Conv2D"
@@ -130,6 +148,11 @@ class Conv2d(nn.Conv2d):
                     _spatial(width, lambda n: math.ceil(n / sw)))
         return (self.out_channels, _spatial(height, lambda n: (n - kh) // sh + 1),
                 _spatial(width, lambda n: (n - kw) // sw + 1))
+
+    def with_outputs(self, channels: int) -> "Conv2d":
+        """A fresh layer like this one with another number of output channels."""
+        return Conv2d(self.in_channels, channels, self.kernel_size[0], stride=self.stride[0],
+                      padding=self.keras_padding, bias=self.bias is not None)
 
     def keras_variables(self) -> list[str]:
         return ["kernel"] + (["bias"] if self.bias is not None else [])
@@ -187,9 +210,12 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def __init__(self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON):
         super().__init__(num_features, eps=epsilon, momentum=1.0 - momentum)
+        # Keras' `trainable`: a frozen BatchNormalization runs in inference mode even in
+        # training (see KerasModel.freeze).
+        self.trainable = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not (self.training and self.trainable):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
         mean = x.mean(dim=(0, 2, 3))
@@ -218,7 +244,7 @@ class BatchNorm2d(nn.BatchNorm2d):
         return state
 
 
-class Dense(nn.Linear):
+class Dense(_KerasInitialized, nn.Linear):
     """Keras `Dense` on a flat input, with its optional `activation` built in (V2's top)."""
 
     keras_class = "Dense"
@@ -232,6 +258,10 @@ class Dense(nn.Linear):
 
     def output_shape(self, shape: Shape) -> Shape:
         return (self.out_features,)
+
+    def with_outputs(self, units: int) -> "Dense":
+        """A fresh layer like this one with another number of units."""
+        return Dense(self.in_features, units, self.activation)
 
     def keras_variables(self) -> list[str]:
         return ["kernel", "bias"]

@@ -93,6 +93,7 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         x = model.add(f"conv_pw_{block_id}", Conv2d(x.shape[0], filters, 1), x)
         x = model.add(f"conv_pw_{block_id}_bn", BatchNorm2d(filters, BN_MOMENTUM), x)
         x = model.add(f"conv_pw_{block_id}_relu", ReLU6(), x)
+    model.feature_layer = model.layer_names[-1]
 
     if include_top:
         x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)

@@ -77,6 +77,7 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights="imagenet
     x = model.add("Conv_1", Conv2d(x.shape[0], last_filters, 1), x)
     x = model.add("Conv_1_bn", BatchNorm2d(last_filters, BN_MOMENTUM), x)
     x = model.add("out_relu", ReLU6(), x)
+    model.feature_layer = model.layer_names[-1]
 
     if include_top:
         x = model.add("global_average_pooling2d", GlobalAveragePooling2D(), x)

@@ -153,6 +153,7 @@ def _mobilenet_v3(model_type, blocks, last_point_ch, *, input_shape, alpha, mini
     x = model.add("conv_1", Conv2d(x.shape[0], last_conv_ch, 1), x)
     x = model.add("conv_1_bn", BatchNorm2d(last_conv_ch, BN_MOMENTUM), x)
     x = model.add("conv_1_activation", activation(), x)
+    model.feature_layer = model.layer_names[-1]
 
     if include_top:
         x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)

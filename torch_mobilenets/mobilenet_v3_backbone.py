@@ -124,6 +124,7 @@ class MobileNetV3Backbone(KerasModel):
         x = self.add("Conv_1", Conv2d(x.shape[0], last_conv_ch, 1), x)
         x = self.add("Conv_1_BatchNorm", BatchNorm2d(last_conv_ch, BN_MOMENTUM), x)
         self.add("Conv_1_activation", HardSwish(), x)
+        self.feature_layer = self.layer_names[-1]
         if weights is not None:
             from .conversion import load_weights  # the converter imports the builders
 
