@@ -36,8 +36,12 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TensorFlow's "same" padding for one axis: computed from the actual input size, the odd
-    pixel goes after (bottom/right), unlike PyTorch's symmetric padding."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    pixel goes after (bottom/right), unlike PyTorch's symmetric padding. Integer arithmetic
+    only, so it also works on symbolic sizes (torch.export with dynamic shapes)."""
+    # (ceil(size / stride) - 1) * stride + kernel - size, without a float division
+    total = (-size) % stride + kernel - stride
+    if kernel < stride:  # never for the MobileNets; keeps the common case free of a max()
+        total = max(total, 0)
     return total // 2, total - total // 2
 
 
@@ -124,7 +128,9 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         kh, kw = self.kernel_size
         top, bottom = tf_same_padding(x.shape[-2], kh, self.stride[0])
         left, right = tf_same_padding(x.shape[-1], kw, self.stride[1])
-        if top == bottom and left == right:
+        # Eager: a symmetric case pads inside the conv, without a copy. Traced with dynamic
+        # sizes, that test would specialise the graph to the sizes' parity; always pad there.
+        if not torch.compiler.is_compiling() and top == bottom and left == right:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
