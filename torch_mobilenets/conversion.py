@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import tempfile
 from contextlib import nullcontext
@@ -23,7 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .functional import KerasModel
-from .keras_files import FileLayer, KerasFile, WeightsFileError, read_keras_file
+from . import keras_files
+from .keras_files import (FileLayer, KerasFile, WeightsFileError, check_input_file, nonfinite,
+                          one_line, read_keras_file, reading)
 from .layers import WEIGHTED_LAYERS
 
 METADATA_KEY = "torch_mobilenets"
@@ -238,9 +241,11 @@ def _pair_positions(keras_file: KerasFile, model: KerasModel) -> dict:
             for f, (name, _) in zip(file_layers, model_layers)}
 
 
-def read(path) -> KerasFile:
+def read(path, allow_nonfinite: bool = False) -> KerasFile:
+    """A Keras weights file in any layout; WeightsFileError if it is damaged, hostile or holds
+    NaN/Inf (unless `allow_nonfinite`). See keras_files for what is refused."""
     classes = {cls.keras_class for cls in WEIGHTED_LAYERS}
-    return read_keras_file(path, classes)
+    return read_keras_file(path, classes, allow_nonfinite)
 
 
 def file_config(keras_file: KerasFile, **known) -> dict:
@@ -249,6 +254,12 @@ def file_config(keras_file: KerasFile, **known) -> dict:
     input_shape = _config_input_shape(keras_file.model_config)
     if input_shape is not None:
         config["input_shape"] = input_shape
+        try:  # the shape comes from the file: a bad one is the file's fault, and says so
+            build(config, "meta")
+        except ValueError as error:
+            raise WeightsFileError(
+                f"{keras_file.path}: the model config saved in the file gives input shape "
+                f"{input_shape}, which {config['family']} refuses: {error}") from error
     return config
 
 
@@ -259,9 +270,10 @@ def _config_input_shape(model_config: Optional[dict]) -> Optional[list]:
         spec = layers[0]["config"]
         shape = spec.get("batch_shape") or spec.get("batch_input_shape")
         height, width, channels = shape[1:]
-    except (KeyError, IndexError, TypeError, ValueError):
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
-    if height is None or width is None:
+    # The config comes from the file: only plain positive sizes are taken (booleans are ints).
+    if not all(type(d) is int and 0 < d <= 1 << 16 for d in (height, width, channels)):
         return None
     return [channels, height, width]
 
@@ -274,17 +286,20 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def convert(src, dst, **known) -> dict:
+def convert(src, dst, *, allow_nonfinite: bool = False, **known) -> dict:
     """Convert a Keras weights file to a safetensors checkpoint; returns its config.
 
     `known` fixes parts of the architecture (family, alpha, depth_multiplier, minimalistic,
     include_top, classes) where the file cannot tell them apart; the rest is inferred.
-    The output is written atomically: on any error no file is left at `dst`.
+    A file that cannot be read or fits no model raises WeightsFileError (NaN or Inf too, unless
+    `allow_nonfinite`). The output is written atomically: on any error, an interrupt included,
+    nothing is left at `dst` (an existing `dst` is replaced only by a complete new file).
     """
     from . import __version__
 
     src, dst = Path(src), Path(dst)
-    keras_file = read(src)
+    _check_output_directory(dst)  # before the work, not after it
+    keras_file = read(src, allow_nonfinite)
     config = file_config(keras_file, **known)
     state = keras_state_dict(keras_file, build(config, "meta"))
     # One metadata entry: safetensors writes its metadata map in no fixed order, and a
@@ -300,63 +315,135 @@ def convert(src, dst, **known) -> dict:
     return config
 
 
-def _atomic_write(dst: Path, write) -> None:
+def _check_output_directory(dst: Path) -> None:
     if not dst.parent.is_dir():
         raise WeightsFileError(f"{dst}: the output directory {dst.parent} does not exist")
+
+
+def _atomic_write(dst: Path, write) -> None:
+    """`write(tmp)` into a temporary file next to `dst`, flushed to disk, then renamed over
+    `dst` in one step: readers see the old file or the whole new one, never part of it. On any
+    exception (KeyboardInterrupt included) the temporary file is removed; only a hard kill can
+    leave one (hidden, `.<name>.*.tmp`), and never a partial `dst`."""
+    _check_output_directory(dst)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
     try:
+        os.close(fd)
         write(tmp)
+        with open(tmp, "rb+") as f:  # on disk before the rename, or a crash could keep a hole
+            os.fsync(f.fileno())
         os.replace(tmp, dst)
     except BaseException:
-        os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_safetensors(path) -> tuple:
-    """(state dict, config or None) of a checkpoint; converted ones record their config."""
+# The dtypes a checkpoint of these models holds: float32 weights, int64 BatchNorm step counts.
+_SAFETENSORS_DTYPES = {"F32": 4, "I64": 8}
+# The config entries whose types code reading a checkpoint's config relies on.
+_CONFIG_TYPES = {"alpha": (int, float), "depth_multiplier": int, "classes": int,
+                 "include_top": bool, "minimalistic": bool}
+
+
+def read_safetensors(path, allow_nonfinite: bool = False) -> tuple:
+    """(state dict, config or None) of a checkpoint; converted ones record their config.
+
+    Raises WeightsFileError for junk, a truncated file, a header claiming more than the file
+    holds, tensors other than float32/int64 or over the size limits, unreadable metadata, and
+    NaN/Inf unless `allow_nonfinite`. Sizes and dtypes are checked before any tensor is read."""
     path = Path(path)
-    try:
+    with reading(path, (SafetensorError,), "not a readable safetensors file"):
+        check_input_file(path)
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-            state = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError) as error:
-        raise WeightsFileError(f"{path}: not a readable safetensors file ({error})") from None
-    try:
-        config = json.loads(metadata[METADATA_KEY])["config"] if METADATA_KEY in metadata else None
-    except (ValueError, KeyError, TypeError):
-        raise WeightsFileError(f"{path}: unreadable '{METADATA_KEY}' metadata") from None
+            keys = list(f.keys())
+            _check_safetensors_entries(path, f, keys)
+            state = {key: f.get_tensor(key) for key in keys}
+        config = _metadata_config(path, metadata)
+    if not allow_nonfinite:
+        for key, tensor in state.items():
+            found = nonfinite(tensor.numpy()) if tensor.is_floating_point() else None
+            if found:
+                raise WeightsFileError(
+                    f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} holds {found}; pass "
+                    "allow_nonfinite=True to load it anyway")
     return state, config
 
 
-def load_weights(model: KerasModel, path, assign: bool = False) -> KerasModel:
+def _check_safetensors_entries(path: Path, f, keys: list) -> None:
+    # Limits read at call time, from keras_files, so there is one place to change them.
+    max_tensors = keras_files.MAX_LAYERS * 8
+    if len(keys) > max_tensors:
+        raise WeightsFileError(f"{path}: {len(keys)} tensors, over the limit of {max_tensors}")
+    total = 0
+    for key in keys:
+        entry = f.get_slice(key)
+        dtype, shape = entry.get_dtype(), entry.get_shape()
+        if dtype not in _SAFETENSORS_DTYPES:
+            raise WeightsFileError(f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key!r} is {dtype}; "
+                                   "weights must be float32 (F32)")
+        nbytes = _SAFETENSORS_DTYPES[dtype] * math.prod(shape)
+        total += nbytes
+        if nbytes > keras_files.MAX_TENSOR_BYTES or total > keras_files.MAX_FILE_BYTES:
+            raise WeightsFileError(f"{path}: {key!r} has shape {shape}, over the size limits")
+
+
+def _metadata_config(path: Path, metadata: dict) -> Optional[dict]:
+    """The config a converted checkpoint records, checked: other code takes it at its word."""
+    if METADATA_KEY not in metadata:
+        return None
+    recorded = json.loads(metadata[METADATA_KEY])
+    config = recorded.get("config") if isinstance(recorded, dict) else None
+    if not _valid_config(config):
+        raise WeightsFileError(f"{path}: unreadable '{METADATA_KEY}' metadata: its config is "
+                               f"not a model configuration ({one_line(config)[:200]})")
+    return config
+
+
+def _valid_config(config) -> bool:
+    if not isinstance(config, dict) or not isinstance(config.get("family"), str) \
+            or config["family"] not in _families():
+        return False
+    # A bool is an int to Python, but is no width or class count.
+    return all(isinstance(config[k], kinds) and (kinds is bool or not isinstance(config[k], bool))
+               for k, kinds in _CONFIG_TYPES.items() if k in config)
+
+
+def load_weights(model: KerasModel, path, assign: bool = False,
+                 allow_nonfinite: bool = False) -> KerasModel:
     """Load a Keras weights file (any layout) or a converted `.safetensors` into `model`.
 
     All-or-nothing: the file must fill every parameter and buffer with tensors of the right
     shapes and leave none of its own unused; otherwise a WeightsFileError is raised and the model
-    is left untouched. `assign` (for a model on the CPU that nothing else refers to yet, as in
-    the builders) makes the loaded tensors the model's own instead of copying them once more.
+    is left untouched (the whole state is built and checked before anything is copied). NaN and
+    Inf are refused unless `allow_nonfinite`. `assign` (for a model on the CPU that nothing else
+    refers to yet, as in the builders) makes the loaded tensors the model's own instead of
+    copying them once more.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
-        state, config = read_safetensors(path)
+        state, config = read_safetensors(path, allow_nonfinite)
         if config and config.get("family") != model.config["family"]:
             raise WeightsFileError(
                 f"{path}: holds weights for {describe_config(config)}, not for model "
                 f"{model.name!r} ({describe_config(model.config)})")
         _check_state(path, state, model, config)
     else:
-        keras_file = read(path)
+        keras_file = read(path, allow_nonfinite)
         try:
             state = keras_state_dict(keras_file, model)
         except WeightsFileError as error:
             raise WeightsFileError(f"{error}{_guess(keras_file, model)}") from None
+        # Already matched layer by layer; checked again so that load_state_dict cannot fail
+        # half way (it copies what fits before it complains). The model's dtype is the user's.
+        _check_state(path, state, model, None, dtypes=False)
     on_cpu = all(t.device.type in ("cpu", "meta") for t in model.state_dict().values())
     model.load_state_dict(state, assign=assign and on_cpu)
     return model
 
 
-def _check_state(path: Path, state: dict, model: KerasModel, config: Optional[dict]) -> None:
+def _check_state(path: Path, state: dict, model: KerasModel, config: Optional[dict],
+                 dtypes: bool = True) -> None:
     expected = model.state_dict()
     hint = f" The file holds {describe_config(config)}." if config else ""
     missing = [k for k in expected if k not in state]
@@ -373,7 +460,7 @@ def _check_state(path: Path, state: dict, model: KerasModel, config: Optional[di
             raise WeightsFileError(
                 f"{path}: layer {layer!r}: {key} has shape {tuple(tensor.shape)}, model "
                 f"{model.name!r} expects {tuple(expected[key].shape)}.{hint}")
-        if tensor.dtype != expected[key].dtype:
+        if dtypes and tensor.dtype != expected[key].dtype:
             raise WeightsFileError(
                 f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} is {tensor.dtype}, model "
                 f"expects {expected[key].dtype}")
