@@ -69,6 +69,9 @@ def parse_args(argv):
     parser.add_argument("--force", action="store_true", help="overwrite an existing DST")
     parser.add_argument("--allow-nonfinite", action="store_true", dest="allow_nonfinite",
                         help="convert weights holding NaN or infinities instead of refusing them")
+    parser.add_argument("--to", choices=["safetensors", "keras"], default="safetensors",
+                        help="keras: SRC is a .safetensors checkpoint with its config, DST a "
+                             "legacy Keras .h5 that keras.applications loads")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     official = parser.add_argument_group("every official checkpoint")
     official.add_argument("--all-official", type=Path, metavar="OUT_DIR", dest="all_official",
@@ -135,8 +138,9 @@ def convert_one(args) -> int:
 
 
 def _usage_problem(args):
-    if args.dst.suffix != ".safetensors":
-        return f"DST must end in .safetensors, got {args.dst}"
+    suffix = ".h5" if args.to == "keras" else ".safetensors"
+    if args.dst.suffix != suffix:
+        return f"DST must end in {suffix}, got {args.dst}"
     if args.dst.is_dir():
         return f"DST {args.dst} is a folder; name the .safetensors file to write"
     if args.dst.exists() and not args.force:
@@ -147,6 +151,12 @@ def _usage_problem(args):
 def _convert(args) -> int:
     from torch_mobilenets.conversion import convert, describe_config
 
+    if args.to == "keras":
+        from torch_mobilenets.saving import safetensors_to_keras
+
+        config = safetensors_to_keras(args.src, args.dst)
+        print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}")
+        return 0
     known = {k: v for k, v in vars(args).items()
              if k in CONVERSION_OPTIONS and k not in FLAGS and v is not None}
     config = convert(args.src, args.dst, allow_nonfinite=args.allow_nonfinite, **known)
