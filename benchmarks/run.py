@@ -2,13 +2,22 @@
 
     python benchmarks/run.py [--threads 2] [--batches 1 8 32] [--rounds 5] [--out FILE.md]
 
-For each family and batch size, times: our eager model, `optimize_for_inference` (channels-last
-input), torchvision's eager model of the family (V2, V3 Large/Small), timm's nearest model, and
-Keras on TensorFlow (`tf.function`). Contenders alternate within every round, so a busy machine
-slows them alike; each cell is the median over rounds of the per-call median. All models carry
-the same kind of weights (our and Keras' the same seeded, calibrated ones; the peers their own
-random init) and flush denormals, so no contender is timed on subnormal arithmetic.
-Also times converting an official-size file and loading its safetensors, with peak memory.
+CPU, for each family and batch size: our eager model (as a user calls it: NCHW input), our
+`optimize_for_inference` copy (channels-last input), torchvision's eager model of the family
+(V2, V3 Large/Small), timm's nearest model, and Keras on TensorFlow (`tf.function`).
+
+How it is fair: the process is pinned to `--threads` cores and both frameworks use that many
+threads. Within a round the PyTorch contenders take turns call by call, so a machine that slows
+down slows them alike, and "eager / torchvision" is the median of those paired ratios; Keras runs
+in its own block of the round, after a pause, because each framework's thread pool spins for a
+while after work and would steal the cores from the other. Each cell is the median over all
+timed calls. Our model and Keras carry the same seeded, calibrated weights; the peers carry their
+own random init with BatchNorm statistics calibrated the same way, and denormals are flushed, so
+nobody is timed on subnormal arithmetic or on activations that blow up.
+
+With a CUDA device (or `--accelerator DEVICE`), also images per second at a large batch in
+float32, float16 and bfloat16, channels-last and `torch.compile`d, ours against torchvision.
+Finally, converting an official-size file and loading its safetensors, with peak memory.
 """
 
 from __future__ import annotations
@@ -26,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -39,33 +46,39 @@ FAMILIES = {
     "mobilenet_v3_large": ({}, "mobilenet_v3_large", "tf_mobilenetv3_large_100"),
     "mobilenet_v3_small": ({}, "mobilenet_v3_small", "tf_mobilenetv3_small_100"),
 }
+EAGER, OPTIMIZED, TORCHVISION, TIMM, KERAS = (
+    "ours eager", "ours optimized", "torchvision eager", "timm", "keras")
 
 
-def per_call_ms(fn, calls):
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def calibrate(model: torch.nn.Module, size: int = 224) -> torch.nn.Module:
+    """BatchNorm statistics from a batch of random images, so activations have realistic
+    ranges (a fresh init's unit variance lets them grow layer after layer)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, size, size))
+    return model.eval()
 
 
 def contenders(family, batch, workdir):
-    """name -> zero-argument callable running one batch."""
+    """(PyTorch contenders, Keras contender, the optimized model's error): zero-argument
+    callables, each running one batch."""
     import tensorflow as tf
     import timm
     import torchvision
 
     import torch_mobilenets as tm
     from convert import keras_reference as kr
-    from torch_mobilenets.inference import optimize_for_inference
 
     keras_kwargs, torchvision_name, timm_name = FAMILIES[family]
     keras_model = kr.build_keras(family, classifier_activation=None, **keras_kwargs)
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
     ours = tm.FAMILIES[family](weights=weights, classifier_activation=None,
                                **({"input_shape": (3, 224, 224)} if keras_kwargs else {})).eval()
-    fast = optimize_for_inference(ours)
+    fast = tm.optimize_for_inference(ours)
 
     pixels = torch.rand(batch, 3, 224, 224) * 255
     x = tm.mobilenet_v2.preprocess_input(pixels) if family in ("mobilenet", "mobilenet_v2") \
@@ -75,35 +88,82 @@ def contenders(family, batch, workdir):
     keras_call = tf.function(lambda t: keras_model(t, training=False))
 
     with torch.inference_mode():
-        error = (fast(x_last) - ours(x)).abs().max().item() / max(1.0, ours(x).abs().max().item())
-    runs = {
-        "ours eager": lambda: ours(x),
-        "ours optimized": lambda: fast(x_last),
-        "keras (tf.function)": lambda: keras_call(x_keras).numpy(),
-    }
+        reference = ours(x)
+        error = (fast(x_last) - reference).abs().max().item() / reference.abs().max().item()
+    runs = {EAGER: lambda: ours(x), OPTIMIZED: lambda: fast(x_last)}
     if torchvision_name:
-        peer = getattr(torchvision.models, torchvision_name)().eval()
-        runs["torchvision eager"] = lambda: peer(x)
-    peer_timm = timm.create_model(timm_name, pretrained=False).eval()
-    runs[f"timm {timm_name}"] = lambda: peer_timm(x)
-    return runs, error
+        peer = calibrate(getattr(torchvision.models, torchvision_name)())
+        runs[TORCHVISION] = lambda: peer(x)
+    peer_timm = calibrate(timm.create_model(timm_name, pretrained=False))
+    runs[TIMM] = lambda: peer_timm(x)
+    return runs, lambda: keras_call(x_keras).numpy(), error
 
 
 def time_family(family, batch, rounds, workdir):
-    runs, error = contenders(family, batch, workdir)
-    calls = max(5, 48 // batch)
-    samples = {name: [] for name in runs}
+    """Median milliseconds per contender, and the paired eager / torchvision ratio."""
+    runs, keras, error = contenders(family, batch, workdir)
+    calls = max(4, 32 // batch)
+    samples = {name: [] for name in [*runs, KERAS]}
     with torch.inference_mode():
-        for fn in runs.values():  # warm-up, tf.function tracing
+        for fn in [*runs.values(), keras]:  # warm-up, tf.function tracing
             fn(), fn()
         for _ in range(rounds):
-            for name, fn in runs.items():
-                # Both frameworks' thread pools spin for a while after work; let them settle so
-                # no contender pays for the previous one.
-                time.sleep(0.2)
-                fn()  # and the clock and caches come back up untimed
-                samples[name].append(per_call_ms(fn, calls))
-    return {name: statistics.median(s) for name, s in samples.items()}, error
+            time.sleep(0.2)
+            for _ in range(calls):
+                for name, fn in runs.items():
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - start)
+            time.sleep(0.2)
+            keras()  # the clock and caches come back up untimed
+            for _ in range(calls):
+                start = time.perf_counter()
+                keras()
+                samples[KERAS].append(time.perf_counter() - start)
+    times = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    paired = None
+    if TORCHVISION in samples:
+        paired = statistics.median(a / b for a, b in zip(samples[EAGER], samples[TORCHVISION]))
+    return times, paired, error
+
+
+def accelerator_rows(device, batch, dtypes, compile_models):
+    """Images per second, ours (`optimize_for_inference`) against torchvision, both
+    channels-last and (by default) compiled, for the families torchvision has."""
+    import torchvision
+
+    import torch_mobilenets as tm
+
+    rows = []
+    for family, (_, torchvision_name, _) in FAMILIES.items():
+        if torchvision_name is None:
+            continue
+        for dtype in dtypes:
+            ours = tm.optimize_for_inference(calibrate(tm.FAMILIES[family](weights=None)))
+            peer = calibrate(getattr(torchvision.models, torchvision_name)())
+            rates = {}
+            for name, model in ((OPTIMIZED, ours), (TORCHVISION, peer)):
+                model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+                if compile_models:
+                    model = torch.compile(model)
+                x = torch.rand(batch, 3, 224, 224, device=device, dtype=dtype) \
+                    .contiguous(memory_format=torch.channels_last)
+                rates[name] = images_per_second(model, x, device)
+            rows.append((family, str(dtype).removeprefix("torch."), rates))
+    return rows
+
+
+def images_per_second(model, x, device, calls=20):
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        for _ in range(3):  # compilation, autotuning
+            model(x)
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            model(x)
+        synchronize()
+    return calls * x.shape[0] / (time.perf_counter() - start)
 
 
 def conversion_figures(workdir):
@@ -140,47 +200,71 @@ def conversion_figures(workdir):
     return convert_s, load_s, peak_mb, src.stat().st_size / 2**20
 
 
-def markdown(results, threads, conversion):
+def markdown(results, threads, conversion, accelerator=None):
     import tensorflow as tf
     import timm
     import torchvision
 
+    def ms(value):
+        return "-" if value is None else f"{value:.2f}"
+
     lines = [
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm "
-        f"{timm.__version__}, tensorflow {tf.__version__}; {threads} threads (intra-op; "
-        f"TensorFlow inter-op 1); fp32 CPU, 224x224; median ms per batch.",
+        f"{timm.__version__}, tensorflow {tf.__version__}; pinned to {threads} cores, "
+        f"{threads} threads (TensorFlow: intra-op {threads}, inter-op 1); fp32 CPU, 224x224; "
+        "median ms per batch.",
         "",
         "| family | batch | ours eager | ours optimized | torchvision eager | timm | keras | "
         "eager / torchvision | keras / optimized | optimized error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (family, batch), (times, error) in results.items():
-        timm_ms = next(v for k, v in times.items() if k.startswith("timm"))
-        eager, fast, keras = times["ours eager"], times["ours optimized"], times["keras (tf.function)"]
-        tv = times.get("torchvision eager")
+    for (family, batch), (times, paired, error) in results.items():
         lines.append(
-            f"| {family} | {batch} | {eager:.2f} | {fast:.2f} | {f'{tv:.2f}' if tv else '-'} | "
-            f"{timm_ms:.2f} | {keras:.2f} | {f'{eager / tv:.2f}' if tv else '-'} | "
-            f"{keras / fast:.2f} | {error:.1e} |")
-    convert_s, load_s, peak_mb, size_mb = conversion
-    lines += ["", f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha 1.0, 224, "
-              f"official layout): {convert_s * 1e3:.0f} ms, the converter's peak memory "
-              f"{peak_mb:.0f} MiB (peak RSS growth of a fresh process during the conversion); "
-              f"loading the .safetensors into a model: {load_s * 1e3:.0f} ms."]
+            f"| {family} | {batch} | {ms(times[EAGER])} | {ms(times[OPTIMIZED])} | "
+            f"{ms(times.get(TORCHVISION))} | {ms(times[TIMM])} | {ms(times[KERAS])} | "
+            f"{ms(paired)} | {times[KERAS] / times[OPTIMIZED]:.2f} | {error:.1e} |")
+    if accelerator:
+        name, batch, compiled, rows = accelerator
+        lines += ["", f"{name}, batch {batch}, channels-last"
+                  f"{', torch.compile' if compiled else ''}; images per second (higher is "
+                  "better).", "",
+                  "| family | dtype | ours optimized | torchvision | ours / torchvision |",
+                  "| --- | --- | --- | --- | --- |"]
+        for family, dtype, rates in rows:
+            lines.append(f"| {family} | {dtype} | {rates[OPTIMIZED]:.0f} | "
+                         f"{rates[TORCHVISION]:.0f} | "
+                         f"{rates[OPTIMIZED] / rates[TORCHVISION]:.2f} |")
+    if conversion:
+        convert_s, load_s, peak_mb, size_mb = conversion
+        lines += ["", f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha "
+                  f"1.0, 224, official layout): {convert_s * 1e3:.0f} ms, the converter's peak "
+                  f"memory {peak_mb:.0f} MiB (peak RSS growth of a fresh process during the "
+                  f"conversion); loading the .safetensors into a model: {load_s * 1e3:.0f} ms."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--accelerator", help="device for the images/second table "
+                        "(default: cuda when there is one)")
+    parser.add_argument("--accelerator-batch", type=int, default=256)
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
+    parser.add_argument("--no-compile", action="store_true",
+                        help="leave torch.compile out of the accelerator table")
+    parser.add_argument("--no-conversion", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
     args = parser.parse_args(argv)
 
     import tensorflow as tf
 
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < args.threads:
+        parser.error(f"--threads {args.threads}: this process may use only {len(cores)} cores")
+    os.sched_setaffinity(0, cores[:args.threads])
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -190,11 +274,22 @@ def main(argv=None):
         for family in args.families:
             for batch in args.batches:
                 results[family, batch] = time_family(family, batch, args.rounds, Path(tmp))
-                times, _ = results[family, batch]
+                times, paired, _ = results[family, batch]
                 print(f"{family:20s} batch {batch:3d}  " +
-                      "  ".join(f"{k} {v:7.2f}" for k, v in times.items()), flush=True)
-        conversion = conversion_figures(Path(tmp))
-    table = markdown(results, args.threads, conversion)
+                      "  ".join(f"{k} {v:7.2f}" for k, v in times.items()) +
+                      (f"  eager/torchvision {paired:.2f}" if paired else ""), flush=True)
+        conversion = None if args.no_conversion else conversion_figures(Path(tmp))
+
+    accelerator = None
+    device = args.accelerator or ("cuda" if torch.cuda.is_available() else None)
+    if device:
+        device = torch.device(device)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
+        dtypes = [getattr(torch, d) for d in args.dtypes]
+        accelerator = (name, args.accelerator_batch, not args.no_compile,
+                       accelerator_rows(device, args.accelerator_batch, dtypes,
+                                        not args.no_compile))
+    table = markdown(results, args.threads, conversion, accelerator)
     print("\n" + table)
     args.out.write_text(table)
     print(f"written to {args.out}; peak RSS of this process "

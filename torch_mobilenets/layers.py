@@ -128,10 +128,13 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         kh, kw = self.kernel_size
         top, bottom = tf_same_padding(x.shape[-2], kh, self.stride[0])
         left, right = tf_same_padding(x.shape[-1], kw, self.stride[1])
-        # Eager: a symmetric case pads inside the conv, without a copy. Traced with dynamic
-        # sizes, that test would specialise the graph to the sizes' parity; always pad there.
-        if not torch.compiler.is_compiling() and top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
+        # Eager: pad inside the conv, without a padded copy of `x` (see `forward_padded`).
+        # Traced with dynamic sizes, that would specialise the graph to the sizes' parity.
+        if not torch.compiler.is_compiling():
+            if top == bottom and left == right:
+                return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1,
+                                self.groups)
+            return self.forward_padded(x, ((top, bottom), (left, right)))
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
@@ -233,6 +236,16 @@ class BatchNorm2d(nn.BatchNorm2d):
         scale = self.weight * torch.rsqrt(var + self.eps)
         return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
 
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        """The same result written into `x`, on the CPU in inference: the same kernel as
+        `forward`, so bit for bit the same numbers, without a fresh tensor."""
+        if (self.training and self.trainable) or x.device.type != "cpu":
+            return self.forward(x)
+        unused = x.new_empty(0)  # where the batch statistics would go in training
+        return torch.native_batch_norm(x, self.weight, self.bias, self.running_mean,
+                                       self.running_var, False, 0.0, self.eps,
+                                       out=(x, unused, unused))[0]
+
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
@@ -288,30 +301,36 @@ class _ShapePreserving:
         return shape
 
 
-# Activations offer `forward_inplace`, which the model uses where nothing else reads the input.
+# Layers that can write their result into their input offer `forward_inplace`; the model uses it
+# where no later layer reads that input (see `functional._plan`). Activations can do so even while
+# autograd records; the others only without gradients.
 
-class ReLU(_ShapePreserving, nn.ReLU):
+class _Activation(_ShapePreserving):
+    inplace_under_autograd = True
+
+
+class ReLU(_Activation, nn.ReLU):
     """Keras `ReLU()`."""
 
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x, inplace=True)
 
 
-class ReLU6(_ShapePreserving, nn.ReLU6):
+class ReLU6(_Activation, nn.ReLU6):
     """Keras `ReLU(6.0)`."""
 
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(x, inplace=True)
 
 
-class HardSwish(_ShapePreserving, nn.Hardswish):
+class HardSwish(_Activation, nn.Hardswish):
     """Keras 3 `hard_swish`: x * relu6(x + 3) / 6."""
 
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
         return F.hardswish(x, inplace=True)
 
 
-class HardSigmoid(_ShapePreserving, nn.Hardsigmoid):
+class HardSigmoid(_Activation, nn.Hardsigmoid):
     """MobileNetV3's `hard_sigmoid`: relu6(x + 3) / 6. (Keras 2's 0.2x + 0.5 is a different
     function and breaks parity.)"""
 
@@ -350,6 +369,9 @@ class Rescaling(_ShapePreserving, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x * self.scale).add_(self.offset)  # one new tensor, not two
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self.scale).add_(self.offset)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, offset={self.offset}"
@@ -418,8 +440,13 @@ class Flatten(nn.Module):
 class Add(nn.Module):
     """Keras `Add()([a, b])`: the residual connection."""
 
+    inplace_inputs = (0, 1)  # either can take the sum
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a + b
+
+    def forward_inplace(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.add_(b)
 
     def output_shape(self, a: Shape, b: Shape) -> Shape:
         return a
@@ -428,8 +455,13 @@ class Add(nn.Module):
 class Multiply(nn.Module):
     """Keras `Multiply()([a, b])`: squeeze-excite's gating."""
 
+    inplace_inputs = (0,)  # the gated map; the gate is (N, C, 1, 1)
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return a * b
+
+    def forward_inplace(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a.mul_(b)
 
     def output_shape(self, a: Shape, b: Shape) -> Shape:
         return a
@@ -465,8 +497,14 @@ class SqueezeAndExcite2D(nn.Module):
         self.excite_conv = Conv2d(bottleneck_filters, filters, 1, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._gate(x)
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mul_(self._gate(x))
+
+    def _gate(self, x: torch.Tensor) -> torch.Tensor:
         gate = F.relu(self.squeeze_conv(x.mean(dim=(2, 3), keepdim=True)))
-        return x * F.hardsigmoid(self.excite_conv(gate))
+        return F.hardsigmoid(self.excite_conv(gate))
 
     def output_shape(self, shape: Shape) -> Shape:
         return shape
@@ -494,5 +532,10 @@ CLASSIFIER_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": ReLU,
     "tanh": lambda: Activation(torch.tanh),
 }
+
+# Layers whose output may be their input itself or a view of it (Dropout in inference returns
+# its input; a user's activation may too): nothing may be written into such an output while the
+# input is still read, nor the other way round.
+SHARES_INPUT = (nn.Identity, nn.Dropout, Flatten, Activation)
 
 WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense, SqueezeAndExcite2D)
