@@ -18,6 +18,11 @@ nobody is timed on subnormal arithmetic or on activations that blow up.
 With a CUDA device (or `--accelerator DEVICE`), also images per second at a large batch in
 float32, float16 and bfloat16, channels-last and `torch.compile`d, ours against torchvision.
 Finally, converting an official-size file and loading its safetensors, with peak memory.
+
+`--tuned-malloc` runs the same with glibc keeping freed memory for reuse (written to
+results-tuned-malloc.md): by default glibc hands large freed blocks back to the system, and every
+fresh activation then costs a page fault per 4 KiB page, which at batch 8 and more can take
+longer than the arithmetic.
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ FAMILIES = {
     "mobilenet_v3_large": ({}, "mobilenet_v3_large", "tf_mobilenetv3_large_100"),
     "mobilenet_v3_small": ({}, "mobilenet_v3_small", "tf_mobilenetv3_small_100"),
 }
+# glibc settings that keep freed memory for reuse instead of returning it to the system, so large
+# activations stop costing a page fault per 4 KiB page; glibc reads them at process start.
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 EAGER, OPTIMIZED, TORCHVISION, TIMM, KERAS = (
     "ours eager", "ours optimized", "torchvision eager", "timm", "keras")
 
@@ -200,7 +208,7 @@ def conversion_figures(workdir):
     return convert_s, load_s, peak_mb, src.stat().st_size / 2**20
 
 
-def markdown(results, threads, conversion, accelerator=None):
+def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False):
     import tensorflow as tf
     import timm
     import torchvision
@@ -212,7 +220,9 @@ def markdown(results, threads, conversion, accelerator=None):
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm "
         f"{timm.__version__}, tensorflow {tf.__version__}; pinned to {threads} cores, "
         f"{threads} threads (TensorFlow: intra-op {threads}, inter-op 1); fp32 CPU, 224x224; "
-        "median ms per batch.",
+        "median ms per batch; glibc malloc " + (
+            "keeping freed memory (" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")"
+            if tuned_malloc else "as it comes") + ".",
         "",
         "| family | batch | ours eager | ours optimized | torchvision eager | timm | keras | "
         "eager / torchvision | keras / optimized | optimized error |",
@@ -256,8 +266,17 @@ def main(argv=None):
     parser.add_argument("--no-compile", action="store_true",
                         help="leave torch.compile out of the accelerator table")
     parser.add_argument("--no-conversion", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.md")
+    parser.add_argument("--tuned-malloc", action="store_true",
+                        help="run with glibc keeping freed memory (" +
+                        " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, __file__, *(argv or sys.argv[1:])],
+                  {**os.environ, **TUNED_MALLOC})
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / \
+            ("results-tuned-malloc.md" if args.tuned_malloc else "results.md")
 
     import tensorflow as tf
 
@@ -289,7 +308,7 @@ def main(argv=None):
         accelerator = (name, args.accelerator_batch, not args.no_compile,
                        accelerator_rows(device, args.accelerator_batch, dtypes,
                                         not args.no_compile))
-    table = markdown(results, args.threads, conversion, accelerator)
+    table = markdown(results, args.threads, conversion, accelerator, args.tuned_malloc)
     print("\n" + table)
     args.out.write_text(table)
     print(f"written to {args.out}; peak RSS of this process "

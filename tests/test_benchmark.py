@@ -14,10 +14,12 @@ def test_benchmark_script_writes_every_table(tmp_path):
     subprocess.run(
         [sys.executable, "benchmarks/run.py", "--families", "mobilenet_v3_small", "mobilenet",
          "--batches", "2", "--rounds", "1", "--accelerator", "cpu", "--accelerator-batch", "2",
-         "--dtypes", "float32", "bfloat16", "--no-compile", "--out", str(out)],
+         "--dtypes", "float32", "bfloat16", "--no-compile", "--tuned-malloc", "--out", str(out)],
         cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     text = out.read_text()
     assert "pinned to 2 cores, 2 threads" in text
+    # --tuned-malloc restarts the script with glibc's settings in its environment
+    assert "glibc malloc keeping freed memory (MALLOC_MMAP_MAX_=0" in text
     cpu = [r for r in text.splitlines() if re.match(r"\| mobilenet\w* \| 2 \|", r)]
     assert len(cpu) == 2, text
     for row in cpu:
