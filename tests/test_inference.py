@@ -1,11 +1,15 @@
 """optimize_for_inference: the same function, faster, and the model given untouched."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 
 import torch_mobilenets as tm
 from conftest import PARITY_TOLERANCE
-from torch_mobilenets.inference import FoldedAway
+from torch_mobilenets import inference
+from torch_mobilenets.inference import FoldedAway, FusedConv2d
 
 
 def trained_like(model):
@@ -45,3 +49,67 @@ def test_optimized_copy_computes_the_same_function(builder, kwargs):
         assert torch.equal(value, before[key]), key
     assert model.training is False and all(p.requires_grad for p in model.parameters())
     assert not any(p.requires_grad for p in fast.parameters())
+
+
+needs_onednn = pytest.mark.skipif(not inference._ONEDNN, reason="PyTorch built without oneDNN")
+
+
+@needs_onednn
+def test_convolutions_take_in_their_activations():
+    fast = tm.optimize_for_inference(tm.MobileNetV3Large(weights=None))
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+    assert len(fused) == 64  # every convolution of the graph
+    post_ops = {m.post_op for m in fused}
+    assert post_ops == {"none", "relu", "hardswish", "hardsigmoid"}
+    assert fast.get_submodule("conv").post_op == "hardswish"
+    assert isinstance(fast.get_submodule("conv_activation"), FoldedAway)
+    v2 = tm.optimize_for_inference(tm.MobileNetV2(weights=None))
+    assert v2.get_submodule("Conv1").post_op == "hardtanh"  # ReLU6
+    assert v2.get_submodule("Conv1").post_op_scalars == [0.0, 6.0]
+
+
+@needs_onednn
+def test_fused_convolution_follows_input_shapes_and_weight_changes():
+    model = trained_like(tm.MobileNetV3Small(weights=None, classifier_activation=None))
+    fast = tm.optimize_for_inference(model)
+    stem = fast.get_submodule("conv")
+    sizes = [(1, 64, 64), (3, 64, 64), (1, 65, 77), (2, 96, 64), (1, 33, 33), (1, 64, 64)]
+    with torch.no_grad():
+        for n, h, w in sizes:  # more shapes than are kept: evicted, packed again, still right
+            x = torch.rand(n, 3, h, w) * 255
+            expected = model(x)
+            error = (fast(x) - expected).abs().max() / expected.abs().max()
+            assert error <= PARITY_TOLERANCE, (n, h, w)
+            assert len(stem._packed) <= FusedConv2d.PACKED_SHAPES
+        before = fast(x)
+        stem.weight.mul_(2.0)  # an in-place change of the weight is seen
+        assert not torch.allclose(fast(x), before)
+        stem.weight.div_(2.0)
+        torch.testing.assert_close(fast(x), before, rtol=1e-5, atol=1e-5)
+
+
+@needs_onednn
+def test_fused_copy_falls_back_where_onednn_does_not_apply():
+    model = trained_like(tm.MobileNetV2(weights=None, include_top=False, pooling="avg"))
+    fast = tm.optimize_for_inference(model)
+    x = (torch.rand(2, 3, 224, 224) * 2 - 1).requires_grad_()
+    fast(x).sum().backward()  # autograd through the plain path, down to the input
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        expected = model.double()(x.detach().double())
+        got = fast.double()(x.detach().double())  # float64: plain layers
+    assert got.dtype == torch.float64
+    # the same function; the BatchNorms were folded in float32
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@needs_onednn
+def test_fused_copy_can_be_copied_and_pickled_after_use():
+    fast = tm.optimize_for_inference(tm.MobileNetV3Small(weights=None, include_top=False))
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        expected = fast(x)
+        assert fast.get_submodule("conv")._packed
+        again = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
+        assert not again.get_submodule("conv")._packed
+        torch.testing.assert_close(again(x), expected, rtol=0, atol=0)

@@ -1,27 +1,103 @@
 """A faster inference copy of a model: `optimize_for_inference(model)`.
 
-Eager `forward` already folds Keras' stride-2 ZeroPadding2D into the convolutions and runs
-activations in place (see `functional._plan`). For inference only, this also folds every
-BatchNormalization into the convolution before it, stores weights channels-last, and optionally
-compiles. The copy computes the same function to float32 round-off; the model given is untouched.
+Eager `forward` already folds Keras' stride-2 padding into the convolutions, runs the graph
+channels-last on the CPU and writes layers into their inputs where it can (see `functional._plan`).
+For inference only, this also folds every BatchNormalization and activation into the convolution
+before it, keeps the kernels packed for oneDNN, stores weights channels-last, and optionally
+compiles. The copy computes the same function to float32 round-off; the model given is
+untouched.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Optional
 
 import torch
 from torch import nn
 
 from .functional import KerasModel
-from .layers import BatchNorm2d, Conv2d
+from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish, ReLU, ReLU6
+
+# oneDNN's fused convolution, which PyTorch itself runs for compiled models on the CPU
+# (Inductor); here it is called eagerly. A build without oneDNN keeps the plain layers.
+_ONEDNN = torch.backends.mkldnn.is_available() and \
+    hasattr(torch.ops.mkldnn, "_convolution_pointwise") and \
+    hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+# Our activations as oneDNN post-ops: (name, its scalars).
+ONEDNN_ACTIVATIONS = {ReLU: ("relu", []), ReLU6: ("hardtanh", [0.0, 6.0]),
+                      HardSwish: ("hardswish", []), HardSigmoid: ("hardsigmoid", [])}
 
 
 class FoldedAway(nn.Identity):
-    """Where a BatchNormalization was before it was folded into the convolution feeding it."""
+    """Where a BatchNormalization or an activation was before it was folded into the
+    convolution feeding it."""
 
     def output_shape(self, shape):
         return shape
+
+
+class FusedConv2d(Conv2d):
+    """A convolution (its BatchNorm folded in) and the activation after it, for CPU inference:
+    oneDNN applies both in one pass over the output, with the kernel reordered into oneDNN's
+    own layout once and kept, where `F.conv2d` reorders it on every call (at batch 1 that costs
+    more than the convolution itself). Elsewhere (a GPU, autograd, tracing, compiling, another
+    dtype) it runs as the plain convolution followed by the activation."""
+
+    PACKED_SHAPES = 4
+
+    def __init__(self, conv: Conv2d, activation: Optional[nn.Module]):
+        with torch.device("meta"):  # the parameters are conv's own
+            super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size[0],
+                             stride=conv.stride[0], padding=conv.keras_padding,
+                             groups=conv.groups)
+        self.weight, self.bias = conv.weight, conv.bias
+        self.activation = activation
+        self.post_op, self.post_op_scalars = \
+            ONEDNN_ACTIVATIONS[type(activation)] if activation is not None else ("none", [])
+        # (input shape, padding) -> (weight's version, (oneDNN kernel, its padding))
+        self._packed: dict = {}
+
+    def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
+        if not self._onednn_applies(x):
+            out = super().forward(x, pad)
+            return out if self.activation is None else self.activation.forward_inplace(out)
+        if pad is None and self._dynamic_same:
+            pad = self.same_padding(x)
+        if pad is None:
+            pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
+        kernel, padding = self._packed_kernel(x, pad)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, kernel, self.bias, padding, self.stride, self.dilation, self.groups,
+            self.post_op, self.post_op_scalars, None)
+
+    def _onednn_applies(self, x: torch.Tensor) -> bool:
+        return x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and \
+            self.weight.device.type == "cpu" and \
+            not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) \
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+    def _packed_kernel(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, tuple]:
+        # oneDNN picks the kernel's layout for one input shape; run on another, it reorders the
+        # kernel on every call, slower than no packing at all. So one kernel per input shape,
+        # the last few kept; each made again when the weight changes in place (its version) or
+        # is replaced (its data).
+        key, version = (tuple(x.shape), pad), (self.weight._version, self.weight.data_ptr())
+        cached = self._packed.pop(key, None)
+        if cached is None or cached[0] != version:
+            weight, padding = self.padded_kernel(pad)
+            kernel = torch.ops.mkldnn._reorder_convolution_weight(
+                weight.contiguous(), list(padding), list(self.stride), list(self.dilation),
+                self.groups, list(x.shape))
+            cached = (version, (kernel, padding))
+        self._packed[key] = cached  # most recently used last
+        if len(self._packed) > self.PACKED_SHAPES:
+            del self._packed[next(iter(self._packed))]
+        return cached[1]
+
+    def __getstate__(self):  # oneDNN kernels can be neither copied nor pickled: made again
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_packed": {}}
 
 
 def fold_batch_norms(model: KerasModel) -> KerasModel:
@@ -50,15 +126,48 @@ def fold_batch_norms(model: KerasModel) -> KerasModel:
     return model
 
 
+def fuse_convolutions(model: KerasModel) -> KerasModel:
+    """Make each Conv2d a FusedConv2d, in place, taking in the activation that is its only
+    reader (through folded BatchNorms). Run after `fold_batch_norms`."""
+    graph = model._graph
+    readers: dict[int, list[int]] = {}
+    for node, (_, inputs) in enumerate(graph, start=1):
+        for i in inputs:
+            readers.setdefault(i, []).append(node)
+    for node, (name, _) in enumerate(graph, start=1):
+        conv = model._modules[name]
+        if type(conv) not in (Conv2d, DepthwiseConv2d):
+            continue
+        activation, end = None, node
+        while len(readers.get(end, ())) == 1:
+            reader = readers[end][0]
+            layer = model._modules[graph[reader - 1][0]]
+            if isinstance(layer, FoldedAway):
+                end = reader
+                continue
+            if type(layer) in ONEDNN_ACTIVATIONS:
+                activation = layer
+                setattr(model, graph[reader - 1][0], FoldedAway())
+            break
+        setattr(model, name, FusedConv2d(conv, activation))
+    model._plan = None
+    return model
+
+
 def optimize_for_inference(model: KerasModel, channels_last: bool = True,
                            compile: bool = False) -> nn.Module:
-    """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients.
+    """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients, and
+    on the CPU each convolution run by oneDNN with its kernel packed once and its activation
+    applied in the same pass (`FusedConv2d`). A layer's output in this copy (`forward_layers`)
+    is that of the last layer folded into it.
 
     `channels_last` stores the convolution weights channels-last (call it on channels-last input
-    for the full benefit: `x.to(memory_format=torch.channels_last)`); `compile` wraps the result
+    to save the copy of the input: `x.to(memory_format=torch.channels_last)`); `compile` wraps the result
     in `torch.compile` (dynamic sizes allowed), which pays a compilation on first call.
     """
     fast = fold_batch_norms(copy.deepcopy(model).eval())
+    if _ONEDNN:
+        fuse_convolutions(fast)
     for parameter in fast.parameters():
         parameter.requires_grad_(False)
     if channels_last:

@@ -125,29 +125,35 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
             return self.forward_padded(x, pad)
         if not self._dynamic_same:
             return self._conv_forward(x, self.weight, self.bias)
-        kh, kw = self.kernel_size
-        top, bottom = tf_same_padding(x.shape[-2], kh, self.stride[0])
-        left, right = tf_same_padding(x.shape[-1], kw, self.stride[1])
+        (top, bottom), (left, right) = pad = self.same_padding(x)
         # Eager: pad inside the conv, without a padded copy of `x` (see `forward_padded`).
         # Traced with dynamic sizes, that would specialise the graph to the sizes' parity.
         if not torch.compiler.is_compiling():
-            if top == bottom and left == right:
-                return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1,
-                                self.groups)
-            return self.forward_padded(x, ((top, bottom), (left, right)))
+            return self.forward_padded(x, pad)
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
+    def same_padding(self, x: torch.Tensor) -> tuple:
+        """TensorFlow's "same" padding for `x`, as ((top, bottom), (left, right))."""
+        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        return tf_same_padding(x.shape[-2], kh, sh), tf_same_padding(x.shape[-1], kw, sw)
+
     def forward_padded(self, x: torch.Tensor, pad) -> torch.Tensor:
-        """This "valid" conv after ZeroPadding2D(pad), without making the padded copy of `x`:
-        padding (t, b) around a kernel equals symmetric padding max(t, b) around the kernel
-        grown by |b - t| zero rows on the side that has less padding. Exact, and for the
-        (0, 1) pads of Keras' stride-2 blocks about as fast as the plain conv."""
+        """This conv after ZeroPadding2D(pad), without making the padded copy of `x`."""
+        weight, padding = self.padded_kernel(pad)
+        return F.conv2d(x, weight, self.bias, self.stride, padding, 1, self.groups)
+
+    def padded_kernel(self, pad) -> tuple[torch.Tensor, tuple[int, int]]:
+        """(kernel, symmetric padding) computing this conv after ZeroPadding2D(pad): padding
+        (t, b) around a kernel equals symmetric padding max(t, b) around the kernel grown by
+        |b - t| zero rows on the side that has less padding. Exact, and for the (0, 1) pads of
+        Keras' stride-2 layers about as fast as the plain conv."""
         (top, bottom), (left, right) = pad
+        if top == bottom and left == right:
+            return self.weight, (top, left)
         weight = F.pad(self.weight, (max(right - left, 0), max(left - right, 0),
                                      max(bottom - top, 0), max(top - bottom, 0)))
-        return F.conv2d(x, weight, self.bias, self.stride, (max(top, bottom), max(left, right)),
-                        1, self.groups)
+        return weight, (max(top, bottom), max(left, right))
 
     def output_shape(self, shape: Shape) -> Shape:
         _, height, width = shape
