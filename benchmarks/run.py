@@ -208,6 +208,12 @@ def conversion_figures(workdir):
     return convert_s, load_s, peak_mb, src.stat().st_size / 2**20
 
 
+def markdown_table(header, rows) -> list[str]:
+    """A Markdown table with a blank line before and after."""
+    return ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
+
+
 def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False):
     import tensorflow as tf
     import timm
@@ -223,34 +229,30 @@ def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False)
         "median ms per batch; glibc malloc " + (
             "keeping freed memory (" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")"
             if tuned_malloc else "as it comes") + ".",
-        "",
-        "| family | batch | ours eager | ours optimized | torchvision eager | timm | keras | "
-        "eager / torchvision | keras / optimized | optimized error |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (family, batch), (times, paired, error) in results.items():
-        lines.append(
-            f"| {family} | {batch} | {ms(times[EAGER])} | {ms(times[OPTIMIZED])} | "
-            f"{ms(times.get(TORCHVISION))} | {ms(times[TIMM])} | {ms(times[KERAS])} | "
-            f"{ms(paired)} | {times[KERAS] / times[OPTIMIZED]:.2f} | {error:.1e} |")
+    lines += markdown_table(
+        ["family", "batch", "ours eager", "ours optimized", "torchvision eager", "timm", "keras",
+         "eager / torchvision", "keras / optimized", "optimized error"],
+        [[family, batch, ms(times[EAGER]), ms(times[OPTIMIZED]), ms(times.get(TORCHVISION)),
+          ms(times[TIMM]), ms(times[KERAS]), ms(paired), f"{times[KERAS] / times[OPTIMIZED]:.2f}",
+          f"{error:.1e}"]
+         for (family, batch), (times, paired, error) in results.items()])
     if accelerator:
         name, batch, compiled, rows = accelerator
-        lines += ["", f"{name}, batch {batch}, channels-last"
+        lines += [f"{name}, batch {batch}, channels-last"
                   f"{', torch.compile' if compiled else ''}; images per second (higher is "
-                  "better).", "",
-                  "| family | dtype | ours optimized | torchvision | ours / torchvision |",
-                  "| --- | --- | --- | --- | --- |"]
-        for family, dtype, rates in rows:
-            lines.append(f"| {family} | {dtype} | {rates[OPTIMIZED]:.0f} | "
-                         f"{rates[TORCHVISION]:.0f} | "
-                         f"{rates[OPTIMIZED] / rates[TORCHVISION]:.2f} |")
+                  "better)."]
+        lines += markdown_table(
+            ["family", "dtype", "ours optimized", "torchvision", "ours / torchvision"],
+            [[family, dtype, f"{rates[OPTIMIZED]:.0f}", f"{rates[TORCHVISION]:.0f}",
+              f"{rates[OPTIMIZED] / rates[TORCHVISION]:.2f}"] for family, dtype, rates in rows])
     if conversion:
         convert_s, load_s, peak_mb, size_mb = conversion
-        lines += ["", f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha "
+        lines += [f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha "
                   f"1.0, 224, official layout): {convert_s * 1e3:.0f} ms, the converter's peak "
                   f"memory {peak_mb:.0f} MiB (peak RSS growth of a fresh process during the "
                   f"conversion); loading the .safetensors into a model: {load_s * 1e3:.0f} ms."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def main(argv=None):

@@ -40,6 +40,20 @@ def pixels(height, width, n=3, seed=0):
     return np.clip(np.round(smooth + noise), 0, 255).astype(np.float32)
 
 
+def trained_like(model):
+    """BatchNorm statistics far from identity, as in a trained model, so that a BatchNorm
+    skipped, applied twice or folded wrongly shows; in eval mode."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2, generator=generator)
+                module.running_var.uniform_(0.5, 2.0, generator=generator)
+                module.weight.uniform_(0.5, 1.5, generator=generator)
+                module.bias.normal_(0, 0.1, generator=generator)
+    return model.eval()
+
+
 def keras_preprocess(family, x, scaled_input=False):
     import keras
 

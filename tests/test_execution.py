@@ -8,6 +8,7 @@ import torch
 from torch.profiler import profile
 
 import torch_mobilenets as tm
+from conftest import trained_like
 from torch_mobilenets import layers
 from torch_mobilenets.functional import KerasModel, _plan
 
@@ -25,18 +26,6 @@ def build(builder, kwargs):
     if builder == tm.MobileNetV3Backbone.from_preset:
         return builder(kwargs["preset"]).eval()
     return builder(weights=None, classifier_activation=None, **kwargs).eval()
-
-
-def trained_like(model):
-    """BatchNorm statistics far from identity, so a BatchNorm skipped or applied twice shows."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.bias.normal_(0, 0.1, generator=generator)
-    return model
 
 
 def naive_outputs(model, x):
@@ -88,7 +77,7 @@ def test_outputs_come_back_in_the_callers_layout(builder, kwargs):
 
 
 def test_forward_head_leaves_the_given_features_alone():
-    model = trained_like(tm.MobileNetV3Small(weights=None, classifier_activation=None)).eval()
+    model = trained_like(tm.MobileNetV3Small(weights=None, classifier_activation=None))
     with torch.no_grad():
         features = model.forward_features(torch.rand(2, 3, 64, 64) * 255)
         before = features.clone()
@@ -118,7 +107,7 @@ def test_a_layer_sharing_its_input_blocks_writing_into_that_input():
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_batchnorm_in_place_is_bit_for_bit_the_same(layout):
-    bn = trained_like(layers.BatchNorm2d(16)).eval()
+    bn = trained_like(layers.BatchNorm2d(16))
     x = torch.randn(3, 16, 9, 7).contiguous(memory_format=layout)
     expected = bn(x)
     y = x.clone()

@@ -7,22 +7,9 @@ import pytest
 import torch
 
 import torch_mobilenets as tm
-from conftest import PARITY_TOLERANCE
+from conftest import PARITY_TOLERANCE, trained_like
 from torch_mobilenets import inference
 from torch_mobilenets.inference import FoldedAway, FusedConv2d
-
-
-def trained_like(model):
-    """BatchNorm statistics far from identity, as in a trained model."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0, 0.1, generator=generator)
-    return model.eval()
 
 
 @pytest.mark.parametrize("builder,kwargs", [

@@ -214,6 +214,15 @@ class KerasModel(nn.Module):
         return f"name={self.name!r}, input_shape={self.input_shape}"
 
 
+def readers_of(inputs_per_step: Iterable[tuple]) -> dict[int, list[int]]:
+    """node -> the steps (1, 2, ...) that read it, in order, given each step's input nodes."""
+    readers: dict[int, list[int]] = {}
+    for step, inputs in enumerate(inputs_per_step, start=1):
+        for i in inputs:
+            readers.setdefault(i, []).append(step)
+    return readers
+
+
 def _contiguous(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous() if x.dim() == 4 else x
 
@@ -251,10 +260,7 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     longer than the convolutions. Outputs asked for in `keep` are never written into.
     """
     graph = model._graph
-    steps, readers = [], {}
-    for step, (_, inputs) in enumerate(graph, start=1):
-        for i in inputs:
-            readers.setdefault(i, []).append(step)
+    steps, readers = [], readers_of(inputs for _, inputs in graph)
     for step, (name, inputs) in enumerate(graph, start=1):
         layer = model._modules[name]
         how, pad = "call", None
@@ -269,10 +275,7 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
                 steps[source - 1] = steps[source - 1]._replace(how="skip", inputs=())
         steps.append(_Step(name, tuple(inputs), (), how, pad))
 
-    readers = {}  # as the plan runs, after the folding
-    for step, s in enumerate(steps, start=1):
-        for i in s.inputs:
-            readers.setdefault(i, []).append(step)
+    readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
     def shares_input(step: int) -> bool:  # may return its input, or a view of it
         return isinstance(model._modules[steps[step - 1].name], SHARES_INPUT) or \

@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import KerasModel
+from .functional import KerasModel, readers_of
 from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish, ReLU, ReLU6
 
 # oneDNN's fused convolution, which PyTorch itself runs for compiled models on the CPU
@@ -96,20 +96,16 @@ class FusedConv2d(Conv2d):
         return cached[1]
 
     def __getstate__(self):  # oneDNN kernels can be neither copied nor pickled: made again
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_packed": {}}
+        return {**self.__dict__, "_packed": {}}
 
 
 def fold_batch_norms(model: KerasModel) -> KerasModel:
     """Fold each BatchNorm2d into the Conv2d it reads from, when nothing else reads the conv,
     in place. Only valid for inference (BatchNorm in training uses batch statistics)."""
-    readers: dict[int, int] = {}
-    for _, inputs in model._graph:
-        for i in inputs:
-            readers[i] = readers.get(i, 0) + 1
+    readers = readers_of(inputs for _, inputs in model._graph)
     for node, (name, inputs) in enumerate(model._graph, start=1):
         bn = model.get_submodule(name)
-        if not isinstance(bn, BatchNorm2d) or len(inputs) != 1 or readers[inputs[0]] != 1:
+        if not isinstance(bn, BatchNorm2d) or len(inputs) != 1 or len(readers[inputs[0]]) != 1:
             continue
         conv = model.get_submodule(model._graph[inputs[0] - 1][0]) if inputs[0] else None
         if not isinstance(conv, Conv2d):
@@ -130,10 +126,7 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
     """Make each Conv2d a FusedConv2d, in place, taking in the activation that is its only
     reader (through folded BatchNorms). Run after `fold_batch_norms`."""
     graph = model._graph
-    readers: dict[int, list[int]] = {}
-    for node, (_, inputs) in enumerate(graph, start=1):
-        for i in inputs:
-            readers.setdefault(i, []).append(node)
+    readers = readers_of(inputs for _, inputs in graph)
     for node, (name, _) in enumerate(graph, start=1):
         conv = model._modules[name]
         if type(conv) not in (Conv2d, DepthwiseConv2d):
@@ -162,8 +155,9 @@ def optimize_for_inference(model: KerasModel, channels_last: bool = True,
     is that of the last layer folded into it.
 
     `channels_last` stores the convolution weights channels-last (call it on channels-last input
-    to save the copy of the input: `x.to(memory_format=torch.channels_last)`); `compile` wraps the result
-    in `torch.compile` (dynamic sizes allowed), which pays a compilation on first call.
+    to save the copy of the input: `x.to(memory_format=torch.channels_last)`); `compile` wraps
+    the result in `torch.compile` (dynamic sizes allowed), which pays a compilation on first
+    call.
     """
     fast = fold_batch_norms(copy.deepcopy(model).eval())
     if _ONEDNN:
