@@ -10,9 +10,12 @@ Every entry point takes the Keras builder's arguments (channels-first `input_sha
 import inspect as _inspect
 
 import torch_mobilenets as _tm
-from torch_mobilenets.download import progress_bars as _progress_bars
+from torch_mobilenets.models import FAMILIES as _BUILDERS
+from torch_mobilenets.pretrained.download import progress_bars as _progress_bars
+from torch_mobilenets.pretrained.loading import build_with_weights as _build_with_weights
 
-dependencies = ["torch", "numpy", "h5py", "safetensors", "tqdm"]
+# Module names, as torch.hub checks them (pillow is imported as PIL).
+dependencies = ["torch", "numpy", "h5py", "safetensors", "PIL", "tqdm"]
 
 _HUB_NOTE = """{builder} through torch.hub.
 
@@ -27,10 +30,13 @@ The other arguments are `torch_mobilenets.{builder}`'s, documented below.
 """
 
 
-def _entry_point(builder, entry):
+def _entry_point(family, entry):
+    builder = _BUILDERS[family]
+
     def load(weights="imagenet", progress=True, **kwargs):
         with _progress_bars(progress):
-            return builder(weights=weights, **kwargs)
+            # Keras' warnings point at the caller of this entry point.
+            return _build_with_weights(builder, (), dict(kwargs, weights=weights), stacklevel=2)
 
     load.__name__ = load.__qualname__ = entry
     load.__doc__ = (_HUB_NOTE.format(builder=builder.__name__, entry=entry)
@@ -54,12 +60,8 @@ def _backbone_entry_point(builder, preset, entry):
     def load(weights=None, **overrides):
         if weights == "imagenet":
             return _tm.MobileNetV3Backbone.from_preset(f"{preset}_imagenet", **overrides)
-        backbone = builder(**overrides)
-        if weights is not None:
-            from torch_mobilenets.conversion import load_weights
-
-            load_weights(backbone, weights)
-        return backbone
+        return builder(**overrides) if weights is None else \
+            _tm.load_weights(builder(**overrides), weights)
 
     load.__name__ = load.__qualname__ = entry
     load.__doc__ = (_BACKBONE_NOTE.format(builder=builder.__name__, entry=entry, preset=preset)
@@ -67,10 +69,10 @@ def _backbone_entry_point(builder, preset, entry):
     return load
 
 
-mobilenet = _entry_point(_tm.MobileNet, "mobilenet")
-mobilenet_v2 = _entry_point(_tm.MobileNetV2, "mobilenet_v2")
-mobilenet_v3_small = _entry_point(_tm.MobileNetV3Small, "mobilenet_v3_small")
-mobilenet_v3_large = _entry_point(_tm.MobileNetV3Large, "mobilenet_v3_large")
+mobilenet = _entry_point("mobilenet", "mobilenet")
+mobilenet_v2 = _entry_point("mobilenet_v2", "mobilenet_v2")
+mobilenet_v3_small = _entry_point("mobilenet_v3_small", "mobilenet_v3_small")
+mobilenet_v3_large = _entry_point("mobilenet_v3_large", "mobilenet_v3_large")
 mobilenet_v3_small_backbone = _backbone_entry_point(
     _tm.MobileNetV3SmallBackbone, "mobilenet_v3_small", "mobilenet_v3_small_backbone")
 mobilenet_v3_large_backbone = _backbone_entry_point(

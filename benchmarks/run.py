@@ -189,7 +189,7 @@ def conversion_figures(workdir):
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key):\n"
         "            return int(line.split()[1]) / 1024\n"
-        "from torch_mobilenets.conversion import convert\n"
+        "from torch_mobilenets.keras_io import convert\n"
         "before = vm('VmRSS')\n"
         "start = time.perf_counter()\n"
         f"convert({str(src)!r}, {str(dst)!r})\n"

@@ -88,7 +88,7 @@ def official_rows(path: Path):
     import keras
 
     import torch_mobilenets as tm
-    from torch_mobilenets.conversion import file_config, read
+    from torch_mobilenets.keras_io import file_config, read
 
     config = file_config(read(path))
     dst = convert_with_cli(path)

@@ -25,7 +25,7 @@ from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 import torch_mobilenets as tm
-from torch_mobilenets.saving import save_checkpoint
+from torch_mobilenets import save_checkpoint
 
 
 def parse_args(argv=None):

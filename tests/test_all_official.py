@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import keras_model
-from convert.__main__ import main as convert_main
-from torch_mobilenets import weights
+from helpers import keras_model
+from torch_mobilenets.cli import main
+from torch_mobilenets.pretrained import registry
 from weights_server import WeightsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Registry order: 160, 128, 96. The seeded 0.35 model stands in for all three (V2 weights do not
 # depend on the input size); 96 has a published sha256, which these bytes fail.
 NAMES = ["mobilenet_v2_0.35_160", "mobilenet_v2_0.35_128", "mobilenet_v2_0.35_96"]
-ENTRIES = [next(c for c in weights.list_weights() if c.name == name) for name in NAMES]
+ENTRIES = [next(c for c in registry.list_weights() if c.name == name) for name in NAMES]
 
 
 def command(out_dir, names, *extra):
@@ -33,7 +33,7 @@ def test_all_official_resumes_reports_and_skips(tmp_path, weights_file):
     with WeightsServer() as server:
         paths = [server.serve(c.subdir, c.file_name, data) for c in ENTRIES]
         env = dict(os.environ, no_proxy="127.0.0.1", PYTHONPATH=str(ROOT),
-                   **{weights.BASE_URL_ENV: server.base_url})
+                   **{registry.BASE_URL_ENV: server.base_url})
 
         # 1. Interrupted in the middle of the first download.
         server.delay = 0.05
@@ -90,10 +90,10 @@ def test_all_official_resumes_reports_and_skips(tmp_path, weights_file):
 ])
 def test_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        convert_main(argv)
+        main(["convert", *argv])
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_nothing_selected_is_a_usage_error(tmp_path, capsys):
-    assert convert_main(["--all-official", str(tmp_path), "--only", "resnet*"]) == 2
+    assert main(["convert", "--all-official", str(tmp_path), "--only", "resnet*"]) == 2
     assert "no official checkpoint matches" in capsys.readouterr().err

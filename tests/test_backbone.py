@@ -2,15 +2,20 @@
 
 import json
 
-import keras
 import numpy as np
 import pytest
 import torch
 
 import torch_mobilenets as tm
-from conftest import PARITY_TOLERANCE, _worst, keras_model, pixels, torch_kwargs
+from helpers import PARITY_TOLERANCE, keras_model, keras_reference, pixels, torch_kwargs, worst
 from torch_mobilenets import conversion
-from torch_mobilenets.mobilenet_v3_backbone import PRESETS
+from torch_mobilenets.keras_io.pairing import weighted_layers
+from torch_mobilenets.models.mobilenet_v3_backbone import PRESETS
+
+kr = keras_reference()  # skips this module, with the reason, without Keras
+import keras  # noqa: E402
+
+pytestmark = pytest.mark.keras
 
 SMALL, LARGE = PRESETS["mobilenet_v3_small"], PRESETS["mobilenet_v3_large"]
 FAMILY = "mobilenet_v3_backbone"
@@ -48,8 +53,8 @@ def assert_backbone_parity(keras, ours, height, width, case):
         value = value.transpose(0, 2, 3, 1)
         assert value.shape == expected[level].shape, f"{case} {level}"
         error = float(np.abs(value - expected[level]).max() / max(1.0, np.abs(expected[level]).max()))
-        if error > _worst[FAMILY][0]:
-            _worst[FAMILY] = (error, f"{case} {level} at {height}x{width}")
+        if error > worst[FAMILY][0]:
+            worst[FAMILY] = (error, f"{case} {level} at {height}x{width}")
         assert error <= PARITY_TOLERANCE, f"{case} {level}: relative error {error:.3g}"
 
 
@@ -76,7 +81,7 @@ def test_names_and_pyramid_follow_keras_cv():
     keras = keras_backbone(**dict(SMALL, include_rescaling=True))
     ours = tm.MobileNetV3Backbone(**SMALL, include_rescaling=True)
     keras_names = {layer.name for layer in keras.layers if layer.weights}
-    ours_names = {name for name, _ in conversion.weighted_layers(ours)}
+    ours_names = {name for name, _ in weighted_layers(ours)}
     se = {n for n in keras_names if n.startswith("squeeze_and_excite2d")}
     assert keras_names - se <= ours_names  # auto-named SE layers aside, KerasCV's names
     assert "expanded_conv_3_SqueezeAndExcite2D.squeeze_conv.weight" in ours.state_dict()

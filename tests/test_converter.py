@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from conftest import keras_model
+from helpers import keras_model
 from torch_mobilenets import conversion
-from torch_mobilenets.keras_files import WeightsFileError
+from torch_mobilenets import WeightsFileError
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)
@@ -84,7 +84,7 @@ def test_options_fix_what_the_file_cannot_say(legacy_file, tmp_path):
     assert result.returncode == 0, result.stderr
     wrong = run_cli(legacy_file, tmp_path / "wrong.safetensors", "--alpha", "0.5")
     assert wrong.returncode == 3
-    assert wrong.stderr.startswith("convert: error: ") and "Traceback" not in wrong.stderr
+    assert wrong.stderr.startswith("python -m convert: error: ") and "Traceback" not in wrong.stderr
     assert "alpha" in wrong.stderr and str(legacy_file) in wrong.stderr
     assert not (tmp_path / "wrong.safetensors").exists()
 

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import torch_mobilenets as tm
-from conftest import keras_model
-from torch_mobilenets import download, weights
-from torch_mobilenets.download import ChecksumError, DownloadError
+from helpers import keras_model
+from torch_mobilenets.pretrained import download, registry
+from torch_mobilenets.pretrained.download import ChecksumError, DownloadError
 from weights_server import WeightsServer, closed_port_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,7 @@ FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)
 # A V2 file Keras publishes no checksum for (trust on first use). Its weights fit the seeded
 # 0.35 model: V2 weights do not depend on the input size.
-TOFU = weights.find_checkpoint("mobilenet_v2", 0.35, 128, include_top=True)
+TOFU = registry.find_checkpoint("mobilenet_v2", 0.35, 128, include_top=True)
 MODEL_ARGS = dict(alpha=0.35, input_shape=(3, 128, 128))
 
 
@@ -52,7 +52,7 @@ def hub(tmp_path, monkeypatch, server):
     """torch's hub cache under tmp_path and the official base URL on the local server; returns
     the cache directory torch-mobilenets uses."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setenv(weights.BASE_URL_ENV, server.base_url)
+    monkeypatch.setenv(registry.BASE_URL_ENV, server.base_url)
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     monkeypatch.delenv(download.PROGRESS_ENV, raising=False)
     return tmp_path / "torch" / "hub" / "checkpoints" / "torch_mobilenets"
@@ -139,7 +139,7 @@ def test_checksum_mismatch_is_an_error_and_the_file_is_discarded(server, hub, ke
 
 
 def test_registry_md5_is_checked_for_v3(server, hub, keras_file):
-    entry = weights.find_checkpoint("mobilenet_v3_small", 0.75, 224, include_top=True)
+    entry = registry.find_checkpoint("mobilenet_v3_small", 0.75, 224, include_top=True)
     server.serve(entry.subdir, entry.file_name, keras_file.read_bytes())  # not the official bytes
     with pytest.warns(UserWarning, match="undefined or non-square"):  # Keras' V3 warning
         with pytest.raises(ChecksumError, match=f"md5 .* is not the expected {entry.file_hash}"):
@@ -160,7 +160,7 @@ def test_cached_file_with_wrong_bytes_is_fetched_again(server, hub, keras_file):
 
 
 def test_local_file_in_the_cache_is_used_offline(hub, monkeypatch, keras_file, reference_state):
-    monkeypatch.setenv(weights.BASE_URL_ENV, closed_port_url())
+    monkeypatch.setenv(registry.BASE_URL_ENV, closed_port_url())
     hub.mkdir(parents=True)
     (hub / TOFU.file_name).write_bytes(keras_file.read_bytes())
     with pytest.warns(UserWarning, match="NOT verified"):
@@ -182,7 +182,7 @@ def test_broken_transfers_fail_and_keep_nothing(server, hub, keras_file, mode, m
 
 def test_offline_fails_fast_naming_the_url_and_the_local_alternative(hub, monkeypatch):
     base = closed_port_url()
-    monkeypatch.setenv(weights.BASE_URL_ENV, base)
+    monkeypatch.setenv(registry.BASE_URL_ENV, base)
     start = time.monotonic()
     with pytest.raises(DownloadError) as error:
         tm.MobileNetV2(weights="imagenet")

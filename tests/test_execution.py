@@ -8,9 +8,9 @@ import torch
 from torch.profiler import profile
 
 import torch_mobilenets as tm
-from conftest import trained_like
-from torch_mobilenets import layers
-from torch_mobilenets.functional import KerasModel, _plan
+from helpers import trained_like
+from torch_mobilenets.nn import layers
+from torch_mobilenets.nn.graph import How, KerasModel, _plan
 
 BUILDERS = [
     (tm.MobileNet, dict(alpha=0.5, input_shape=(3, 67, 96))),
@@ -31,9 +31,9 @@ def build(builder, kwargs):
 def naive_outputs(model, x):
     """Every layer's output, calling each layer as the graph says, with no plan rewrites."""
     values = {0: x}
-    for node, (name, inputs) in enumerate(model._graph, start=1):
-        values[node] = model.get_submodule(name)(*(values[i].clone() for i in inputs))
-    return {name: values[node] for node, (name, _) in enumerate(model._graph, start=1)}
+    for node in model.nodes():
+        values[node.index] = node.layer(*(values[i].clone() for i in node.inputs))
+    return {node.name: values[node.index] for node in model.nodes()}
 
 
 @pytest.mark.parametrize("builder,kwargs", BUILDERS, ids=IDS)
@@ -96,7 +96,7 @@ def test_a_layer_sharing_its_input_blocks_writing_into_that_input():
     graph.add("residual", layers.Add(), dropped, activated)
     graph.eval()
     steps = {s.name: s.how for s in _plan(graph, frozenset())}
-    assert steps["relu"] == "call" and steps["residual"] == "inplace_nograd"
+    assert steps["relu"] is How.CALL and steps["residual"] is How.INPLACE_NOGRAD
     x = torch.randn(3, 2, 4, 4)
     conv = graph.get_submodule("conv")(x)
     with torch.no_grad():

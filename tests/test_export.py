@@ -6,7 +6,7 @@ import torch
 from torch.export import Dim
 
 import torch_mobilenets as tm
-from conftest import trained_like
+from helpers import trained_like
 
 FAMILIES = [
     ("mobilenet", dict(include_top=False, pooling="avg", alpha=0.5)),

@@ -9,9 +9,12 @@ import itertools
 import pytest
 
 import torch_mobilenets as tm
-from conftest import assert_parity, keras_model, torch_kwargs
-from convert import keras_reference as kr
+from helpers import assert_parity, keras_model, keras_reference, torch_kwargs
 from torch_mobilenets import conversion
+
+kr = keras_reference()  # skips this module, with the reason, without Keras
+
+pytestmark = pytest.mark.keras
 
 LAYOUT_CASES = [
     ("mobilenet", dict(input_shape=(128, 128, 3), alpha=0.25, depth_multiplier=2,

@@ -2,24 +2,28 @@
 
 import math
 
-import keras
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 import torch_mobilenets as tm
-from conftest import assert_parity, torch_kwargs
-from convert import keras_reference as kr
-from torch_mobilenets import conversion
+from helpers import assert_parity, keras_reference, torch_kwargs
+
+kr = keras_reference()  # skips this module, with the reason, without Keras
+import keras  # noqa: E402
+
+pytestmark = pytest.mark.keras
 
 # Both sides train in float64 (the same float32 starting weights): in float32, one activation
 # sitting on a ReLU6's edge (|x| ~ 1e-6, flipped by round-off) changes the gradients below it
 # by about 1%, which would hide semantic mistakes. In float64 right semantics agree to ~1e-10;
 # updating the moving variance with PyTorch's unbiased variance, a wrong momentum, or dropping
 # the gradient through the batch statistics are all off by 1e-4 or (much) more.
-STEPS, LEARNING_RATE, BATCH = 3, 1e-3, 8
-TOLERANCE = 1e-7
+# Keras keeps the learning rate in a float32 variable whatever the model's dtype: a rate exact in
+# float32 makes both sides step by the same amount.
+STEPS, LEARNING_RATE, BATCH = 3, 2.0 ** -10, 8
+TOLERANCE = 1e-8  # measured: 3e-13 (V1, V2), 3e-10 (V3 Small)
 
 def keras_float64(family, float32_model, kwargs):
     """The same Keras model computing in float64, holding the float32 model's weights."""
@@ -35,8 +39,11 @@ def keras_float64(family, float32_model, kwargs):
 
 
 def keras_train(model, x, y):
+    # A loss computes in floatx (float32) unless told otherwise, which would put float32
+    # round-off into every gradient.
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True,
+                                                                  dtype="float64"))
     for _ in range(STEPS):
         model.train_on_batch(x, y)
 
@@ -68,6 +75,9 @@ def test_sgd_steps_match_keras_train_on_batch(family, kwargs, tmp_path):
     keras_float32 = kr.build_keras(family, **kwargs)
     before = kr.write_keras_file(keras_float32, tmp_path / "before", "weights_h5")
     ours = tm.FAMILIES[family](weights=before, **torch_kwargs(kwargs)).double()
+    if family.startswith("mobilenet_v3"):
+        # Keras' Rescaling casts its Python-float scale through a float32 tensor, even in float64.
+        ours.get_submodule("rescaling").scale = float(np.float32(1 / 127.5))
     initial = {k: v.clone() for k, v in ours.state_dict().items()}
     keras_model = keras_float64(family, keras_float32, kwargs)
 

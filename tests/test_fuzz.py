@@ -29,10 +29,13 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import keras_model
-from convert import keras_reference as kr
+from helpers import keras_model, keras_reference
 from torch_mobilenets import conversion
-from torch_mobilenets.keras_files import WeightsFileError
+from torch_mobilenets import WeightsFileError
+
+kr = keras_reference()  # skips this module, with the reason, without Keras
+
+pytestmark = pytest.mark.keras
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)  # shared with the other converter tests

@@ -26,10 +26,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from conftest import keras_model
-from convert.__main__ import main
-from torch_mobilenets import conversion, keras_files
-from torch_mobilenets.keras_files import WeightsFileError
+from helpers import keras_model
+from torch_mobilenets import WeightsFileError, conversion
+from torch_mobilenets.cli import convert as convert_command
+from torch_mobilenets.cli import main as cli_main
+from torch_mobilenets.keras_io import atomic, checkpoints, reader
+
+
+def main(argv):
+    """`torch-mobilenets convert ...`, in this process."""
+    return cli_main(["convert", *argv])
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = "mobilenet_v2"
@@ -266,12 +272,13 @@ def test_bad_input_is_one_line_exit_3_and_no_output(name, layout, mutate, messag
     code, stdout, stderr = run_main(capsys, src, dst, *options)
     assert code == 3, stderr
     assert stdout == "" and stderr.count("\n") == 1, stderr
-    assert stderr.startswith(f"convert: error: {src}: ") and message in stderr, stderr
+    assert stderr.startswith(f"torch-mobilenets convert: error: {src}: ") and message in stderr, \
+        stderr
     assert list(out_dir.iterdir()) == []  # no output, no temporary file
     # The library raises the very message, and leaves a model it fails to load untouched.
     with pytest.raises(WeightsFileError) as error:
         conversion.convert(src, dst, **known)
-    assert stderr == f"convert: error: {error.value}\n"
+    assert stderr == f"torch-mobilenets convert: error: {error.value}\n"
     if known.get("family") == "mobilenet":  # the file fits the V2 model: try the model asked for
         model = tm.MobileNet(weights=None, alpha=0.25, input_shape=(3, 96, 96))
     else:
@@ -367,7 +374,7 @@ def test_write_failures_and_bugs_are_one_line_too(copy_of, out_dir, capsys, monk
         Path(path).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(conversion, "save_file", disk_full)
+    monkeypatch.setattr(checkpoints, "save_file", disk_full)
     code, _, stderr = run_main(capsys, src, dst)
     assert code == 3 and stderr.count("\n") == 1 and "No space left on device" in stderr
     assert list(out_dir.iterdir()) == []
@@ -375,7 +382,7 @@ def test_write_failures_and_bugs_are_one_line_too(copy_of, out_dir, capsys, monk
     def bug(*args, **kwargs):
         raise IndexError("list index out of range")
 
-    monkeypatch.setattr(conversion, "convert", bug)
+    monkeypatch.setattr(convert_command, "convert", bug)
     code, _, stderr = run_main(capsys, src, dst)
     assert code == 1 and stderr.count("\n") == 1 and "rerun with --debug" in stderr
     with pytest.raises(IndexError):
@@ -392,13 +399,13 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path, interruption):
         raise interruption()
 
     with pytest.raises(interruption):
-        conversion._atomic_write(dst, half_then_fail)
+        atomic.atomic_write(dst, half_then_fail)
     assert list(tmp_path.iterdir()) == []
     dst.write_bytes(b"old")
     with pytest.raises(interruption):
-        conversion._atomic_write(dst, half_then_fail)
+        atomic.atomic_write(dst, half_then_fail)
     assert list(tmp_path.iterdir()) == [dst] and dst.read_bytes() == b"old"
-    conversion._atomic_write(dst, lambda tmp: Path(tmp).write_bytes(b"new"))
+    atomic.atomic_write(dst, lambda tmp: Path(tmp).write_bytes(b"new"))
     assert list(tmp_path.iterdir()) == [dst] and dst.read_bytes() == b"new"
 
 
@@ -406,18 +413,18 @@ def test_atomic_write_leaves_the_old_file_or_nothing(tmp_path, interruption):
 # exists and before it is renamed.
 SLOW_WRITE = """
 import sys, time
-from convert.__main__ import main
-from torch_mobilenets import conversion
+from torch_mobilenets.cli import main
+from torch_mobilenets.keras_io import checkpoints
 
-save_file = conversion.save_file
+save_file = checkpoints.save_file
 
 def slow_save_file(state, path, metadata):
     save_file(state, path, metadata)
     print("written", path, flush=True)
     time.sleep(120)
 
-conversion.save_file = slow_save_file
-sys.exit(main(sys.argv[1:]))
+checkpoints.save_file = slow_save_file
+sys.exit(main(["convert", *sys.argv[1:]]))
 """
 
 
@@ -515,21 +522,21 @@ def test_mismatched_safetensors(change, message, copy_of, out_dir):
 # ------------------------------------------------------------------------------ sizes, limits
 def test_a_tensor_over_the_limit_is_refused_before_it_is_read(copy_of, monkeypatch):
     src = copy_of()
-    monkeypatch.setattr(keras_files, "MAX_TENSOR_BYTES", 1000)
+    monkeypatch.setattr(reader, "MAX_TENSOR_BYTES", 1000)
     monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *a, **k: pytest.fail("read"))
     with pytest.raises(WeightsFileError, match=r"'Conv1/kernel:0'.*over the limit of 1000 bytes"):
         conversion.read(src)
 
 
 def test_a_file_over_the_limit_is_refused(copy_of, monkeypatch):
-    monkeypatch.setattr(keras_files, "MAX_FILE_BYTES", 1 << 20)
+    monkeypatch.setattr(reader, "MAX_FILE_BYTES", 1 << 20)
     for layout in ("keras2_h5", "keras_zip"):
         with pytest.raises(WeightsFileError, match="bytes, over the limit of 1048576"):
             conversion.read(copy_of(layout))
 
 
 def test_too_many_layer_names(copy_of, monkeypatch):
-    monkeypatch.setattr(keras_files, "MAX_LAYERS", 50)
+    monkeypatch.setattr(reader, "MAX_LAYERS", 50)
     with pytest.raises(WeightsFileError, match="'layer_names' of '/' lists 15[0-9] names, over"):
         conversion.read(copy_of())
 
@@ -564,7 +571,7 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
 
     _zip_with(path, {"model.weights.h5": b"\0" * (64 << 20)}, zipfile.ZIP_DEFLATED)
     assert path.stat().st_size < 1 << 20
-    monkeypatch.setattr(keras_files, "MAX_FILE_BYTES", 32 << 20)
+    monkeypatch.setattr(reader, "MAX_FILE_BYTES", 32 << 20)
     with pytest.raises(WeightsFileError, match="unpacks to 67108864 bytes, over the limit"):
         conversion.read(path)
     # The same bomb with its sizes forged small: never more than the limit is unpacked.

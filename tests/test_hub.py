@@ -8,8 +8,8 @@ import torch
 
 import hubconf  # the repository root is on sys.path (pytest's pythonpath)
 import torch_mobilenets as tm
-from conftest import keras_model
-from torch_mobilenets import weights
+from helpers import keras_model
+from torch_mobilenets.pretrained import registry
 from weights_server import WeightsServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,10 +84,10 @@ def test_imagenet_through_the_hub_with_progress_switch(hub_home, monkeypatch, we
                                                        capsys):
     path = weights_file("mobilenet_v2", keras_model("mobilenet_v2", input_shape=(96, 96, 3),
                                                    alpha=0.35), "keras2_h5")
-    entry = weights.find_checkpoint("mobilenet_v2", 0.35, 160, True)
+    entry = registry.find_checkpoint("mobilenet_v2", 0.35, 160, True)
     with WeightsServer() as server:
         server.serve(entry.subdir, entry.file_name, path.read_bytes())
-        monkeypatch.setenv(weights.BASE_URL_ENV, server.base_url)
+        monkeypatch.setenv(registry.BASE_URL_ENV, server.base_url)
         monkeypatch.setenv("no_proxy", "127.0.0.1")
         with pytest.warns(UserWarning, match="NOT verified"):
             hubconf.mobilenet_v2(weights="imagenet", progress=False, alpha=0.35,

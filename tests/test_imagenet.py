@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from convert import make_class_index
-from torch_mobilenets.imagenet import decode_predictions, load_class_index
+from torch_mobilenets.pretrained.imagenet import decode_predictions, load_class_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,6 +169,7 @@ _KERAS_SIDE = textwrap.dedent(
 )
 
 
+@pytest.mark.keras
 def test_decode_predictions_matches_keras(tmp_path):
     pytest.importorskip("keras")
     keras_home = tmp_path / "keras_home"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import torch_mobilenets as tm
-from conftest import PARITY_TOLERANCE, trained_like
-from torch_mobilenets import inference
-from torch_mobilenets.inference import FoldedAway, FusedConv2d
+from helpers import PARITY_TOLERANCE, trained_like
+from torch_mobilenets.nn import inference
+from torch_mobilenets.nn.inference import FoldedAway, FusedConv2d
 
 
 @pytest.mark.parametrize("builder,kwargs", [

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import torch_mobilenets as tm
-from torch_mobilenets import layers
+from torch_mobilenets.nn import layers
 
 
 def keras_param_count(model):
@@ -115,7 +115,7 @@ def test_keras_argument_checks(call, message):
 
 def test_imagenet_weights_offline_error_names_the_url(tmp_path, monkeypatch):
     # The download itself is tested over HTTP in test_download.py; here only its failure mode.
-    from torch_mobilenets.download import DownloadError
+    from torch_mobilenets.pretrained.download import DownloadError
     from weights_server import closed_port_url
 
     base = closed_port_url()

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import torch_mobilenets as tm
-from conftest import keras_model
-from torch_mobilenets import weights
-from torch_mobilenets.imagenet import decode_predictions
-from torch_mobilenets.transforms import KerasPreprocessing
+from helpers import keras_model
+from torch_mobilenets.pretrained import registry
+from torch_mobilenets.pretrained.imagenet import decode_predictions
+from torch_mobilenets.pretrained.transforms import KerasPreprocessing
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = "mobilenet_v2"
@@ -45,8 +45,9 @@ def keras_input(path, size, family):
 
 @pytest.mark.parametrize("family,size", [("mobilenet", 128), ("mobilenet_v2", 96),
                                          ("mobilenet_v3_small", 224)])
+@pytest.mark.keras
 def test_preset_is_keras_preprocessing_bit_for_bit(image_file, family, size):
-    preset = weights.find_checkpoint(family, 1.0, size, True).transforms()
+    preset = registry.find_checkpoint(family, 1.0, size, True).transforms()
     expected = torch.from_numpy(keras_input(image_file, size, family)).permute(0, 3, 1, 2)[0]
     # From a path, a PIL image (any mode), a uint8 tensor, a batch of them.
     image = Image.open(image_file)
@@ -96,5 +97,6 @@ def test_predict_command_errors_in_one_line(tmp_path, image_file):
     result = subprocess.run(
         [sys.executable, "-m", "torch_mobilenets.predict", str(not_an_image), "--weights",
          str(tmp_path / "absent.h5")], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 3 and result.stderr.startswith("predict: error: ")
+    assert result.returncode == 3
+    assert result.stderr.startswith("python -m torch_mobilenets predict: error: ")
     assert "Traceback" not in result.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import torch_mobilenets as tm
-from torch_mobilenets import weights
-from torch_mobilenets.download import DownloadError
+from torch_mobilenets.pretrained import registry
+from torch_mobilenets.pretrained.download import DownloadError
 from weights_server import closed_port_url
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -25,20 +25,22 @@ def test_every_official_file_once():
     assert all(c.macs_m and c.params_m and c.top1 and c.figures_source for c in entries)
 
 
+@pytest.mark.keras
 def test_base_urls_are_keras_and_can_be_moved(monkeypatch):
     from keras.src.applications import mobilenet, mobilenet_v2, mobilenet_v3
 
-    monkeypatch.delenv(weights.BASE_URL_ENV, raising=False)
+    monkeypatch.delenv(registry.BASE_URL_ENV, raising=False)
     for module, subdir in [(mobilenet, "mobilenet"), (mobilenet_v2, "mobilenet_v2"),
                            (mobilenet_v3, "mobilenet_v3")]:
         for c in tm.list_weights():
             if c.subdir == subdir:
                 assert c.url == module.BASE_WEIGHT_PATH + c.file_name
-    monkeypatch.setenv(weights.BASE_URL_ENV, "http://mirror.example/keras")
-    c = weights.find_checkpoint("mobilenet", 0.25, 128, include_top=False)
+    monkeypatch.setenv(registry.BASE_URL_ENV, "http://mirror.example/keras")
+    c = registry.find_checkpoint("mobilenet", 0.25, 128, include_top=False)
     assert c.url == "http://mirror.example/keras/mobilenet/mobilenet_2_5_128_tf_no_top.h5"
 
 
+@pytest.mark.keras
 def test_v3_md5_are_the_ones_keras_pins():
     from keras.src.applications.mobilenet_v3 import WEIGHTS_HASHES
 
@@ -62,27 +64,27 @@ def test_checksum_provenance():
 
 
 def test_figures_and_exact_parameter_counts():
-    v2 = weights.find_checkpoint("mobilenet_v2", 1.0, 224, True)
+    v2 = registry.find_checkpoint("mobilenet_v2", 1.0, 224, True)
     assert (v2.top1, v2.macs_m, v2.params_m) == (71.8, 300, 3.47)
-    assert weights.find_checkpoint("mobilenet_v3_small", 1.0, 224, False).top1 == 68.1
-    assert weights.find_checkpoint("mobilenet", 0.5, 128, True).top1 == 56.2  # TF-slim's
-    assert weights.find_checkpoint("mobilenet", 0.5, 224, True).top1 == 63.7  # Keras'
+    assert registry.find_checkpoint("mobilenet_v3_small", 1.0, 224, False).top1 == 68.1
+    assert registry.find_checkpoint("mobilenet", 0.5, 128, True).top1 == 56.2  # TF-slim's
+    assert registry.find_checkpoint("mobilenet", 0.5, 224, True).top1 == 63.7  # Keras'
     # Keras' count_params() at alpha 1 (keras-mobilenet-notes.md); rows do not matter.
     for family, top, no_top in [("mobilenet", 4_253_864, 3_228_864),
                                 ("mobilenet_v2", 3_538_984, 2_257_984),
                                 ("mobilenet_v3_small", 2_554_968, 939_120),
                                 ("mobilenet_v3_large", 5_507_432, 2_996_352)]:
-        assert weights.find_checkpoint(family, 1.0, 224, True).parameters == top
-        assert weights.find_checkpoint(family, 1.0, 224, False).parameters == no_top
+        assert registry.find_checkpoint(family, 1.0, 224, True).parameters == top
+        assert registry.find_checkpoint(family, 1.0, 224, False).parameters == no_top
 
 
 def test_readme_shows_the_registry():
-    assert weights.weights_table() in README.read_text()
+    assert registry.weights_table() in README.read_text()
 
 
 def test_unknown_configuration_names_what_exists():
     with pytest.raises(ValueError, match=r"\(1.4, 224\)"):
-        weights.find_checkpoint("mobilenet_v2", 1.4, 96, True)
+        registry.find_checkpoint("mobilenet_v2", 1.4, 96, True)
 
 
 class KerasAsked(Exception):
@@ -131,19 +133,20 @@ def channels_first(kwargs):
 
 
 @pytest.mark.parametrize("family,kwargs", KERAS_CHOICES)
+@pytest.mark.keras
 def test_imagenet_requests_the_file_keras_requests(family, kwargs, monkeypatch, tmp_path):
-    monkeypatch.delenv(weights.BASE_URL_ENV, raising=False)
+    monkeypatch.delenv(registry.BASE_URL_ENV, raising=False)
     keras_url, keras_hash, keras_warnings = keras_request(family, kwargs, monkeypatch)
 
     # Ours, on a dead local URL: the error names the file it wanted.
     base = closed_port_url()
-    monkeypatch.setenv(weights.BASE_URL_ENV, base)
+    monkeypatch.setenv(registry.BASE_URL_ENV, base)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     with warnings.catch_warnings(record=True) as caught, pytest.raises(DownloadError) as error:
         warnings.simplefilter("always")
         tm.FAMILIES[family](weights="imagenet", **channels_first(kwargs))
     ours = [str(w.message) for w in caught if "input_shape" in str(w.message)]
-    official = keras_url.replace(weights.BASE_URL, base)
+    official = keras_url.replace(registry.BASE_URL, base)
     assert f"official weights {official}:" in str(error.value)
     assert ours == keras_warnings
     if keras_hash:
@@ -151,6 +154,7 @@ def test_imagenet_requests_the_file_keras_requests(family, kwargs, monkeypatch, 
         assert entry.file_hash == keras_hash
 
 
+@pytest.mark.keras
 def test_v2_widest_models_exist_at_224_only(monkeypatch):
     # Keras asks for a file that is not there (a 404 at run time); we say so before any download.
     keras_url, _, _ = keras_request("mobilenet_v2", dict(alpha=1.3, input_shape=(128, 128, 3)),
@@ -163,6 +167,6 @@ def test_v2_widest_models_exist_at_224_only(monkeypatch):
 
 def test_keras_warning_points_at_the_caller():
     with pytest.warns(UserWarning, match="Weights for input shape") as caught:
-        weights.imagenet_checkpoint(dict(family="mobilenet_v3_small", alpha=1.0,
+        registry.imagenet_checkpoint(dict(family="mobilenet_v3_small", alpha=1.0,
                                          include_top=True, input_shape=(3, None, None)))
     assert caught[0].filename == __file__

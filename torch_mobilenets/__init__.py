@@ -1,20 +1,25 @@
 """torch-mobilenets: the Keras MobileNet family in PyTorch, layer for layer, with a converter for
-Keras weight files, so PyTorch logits match Keras to float32 round-off."""
+Keras weight files, so PyTorch logits match Keras to float32 round-off.
 
-from . import mobilenet_v1, mobilenet_v2, mobilenet_v3
-from .functional import KerasModel
-from .inference import optimize_for_inference
+The package's layers, each importing only those before it:
+`nn` (layers, graph, inference folds) -> `models` (builders) -> `keras_io` (Keras files,
+safetensors) -> `pretrained` (official weights, presets) -> this module and the public model
+modules -> `cli` (the command line).
+"""
+
+from . import conversion, mobilenet_v1, mobilenet_v2, mobilenet_v3
+from ._version import __version__
+from .keras_io import WeightsFileError, load_weights, save_checkpoint
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
 from .mobilenet_v3_backbone import (MobileNetV3Backbone, MobileNetV3LargeBackbone,
                                     MobileNetV3SmallBackbone)
-from .transforms import KerasPreprocessing
-from .weights import Checkpoint, list_weights
+from .nn import KerasModel, optimize_for_inference
+from .pretrained.registry import Checkpoint, list_weights
+from .pretrained.transforms import KerasPreprocessing
 
-__version__ = "0.1.0"
-
-# The builders by family name, as the converter and checkpoints name them.
+# The public constructors by family name, as configs and checkpoints name them.
 FAMILIES = {
     "mobilenet": MobileNet,
     "mobilenet_v2": MobileNetV2,
@@ -25,5 +30,6 @@ FAMILIES = {
 
 __all__ = ["FAMILIES", "Checkpoint", "KerasModel", "KerasPreprocessing", "MobileNet",
            "MobileNetV2", "MobileNetV3Backbone", "MobileNetV3Large", "MobileNetV3LargeBackbone",
-           "MobileNetV3Small", "MobileNetV3SmallBackbone", "list_weights", "mobilenet_v1",
-           "mobilenet_v2", "mobilenet_v3", "optimize_for_inference"]
+           "MobileNetV3Small", "MobileNetV3SmallBackbone", "WeightsFileError", "__version__",
+           "conversion", "list_weights", "load_weights", "mobilenet_v1", "mobilenet_v2",
+           "mobilenet_v3", "optimize_for_inference", "save_checkpoint"]

@@ -1,18 +1,20 @@
-"""Keras' argument rules for the application builders, with Keras' meaning, channels first.
+"""Keras' argument rules for the application builders, with Keras' meaning, channels first, and
+the end every builder shares (`add_tail`: the top or the optional pooling).
 
 Shapes here are `(channels, height, width)`, as a PyTorch user writes them; Keras' own checks are
-written for `(height, width, channels)` but say the same thing.
+written for `(height, width, channels)` but say the same thing. `weights` is checked here as Keras
+checks it (some rules depend on it); loading it is the public constructors' job.
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Callable, Optional, Union
 
 from torch import nn
 
-from . import layers
+from ..nn import layers
+from ..nn.graph import KerasModel, KerasTensor
 
 Weights = Union[None, str, os.PathLike]
 
@@ -43,16 +45,6 @@ def check_common(weights: Weights, include_top: bool, classes: int, input_tensor
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received pooling={pooling!r}")
 
 
-def default_size(input_shape: Optional[tuple], official_sizes: tuple) -> int:
-    """The size Keras checks a top against: the given square size if official weights exist for
-    it, else 224."""
-    if input_shape is not None and len(input_shape) == 3:
-        rows, cols = input_shape[1], input_shape[2]
-        if rows == cols and rows in official_sizes:
-            return rows
-    return 224
-
-
 def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_flatten: bool,
                        weights: Weights, min_size: int = 32) -> tuple:
     """Keras' `imagenet_utils.obtain_input_shape` for V1 and V2, channels first.
@@ -63,10 +55,6 @@ def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_
     default_shape = (3, default_size, default_size)
     if input_shape is not None:
         input_shape = tuple(input_shape)
-        if weights != "imagenet" and len(input_shape) == 3 and input_shape[0] not in (1, 3):
-            warnings.warn(
-                "This model usually expects 1 or 3 input channels. However, it was passed an "
-                f"input_shape with {input_shape[0]} input channels.", stacklevel=3)
     if weights == "imagenet" and require_flatten:
         if input_shape is not None and input_shape != default_shape:
             raise ValueError(
@@ -90,6 +78,16 @@ def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_
     return input_shape
 
 
+def channels_warning(family: str, input_shape: Optional[tuple], weights: Weights) -> Optional[str]:
+    """Keras' warning for V1 and V2 built for an unusual channel count (from
+    `obtain_input_shape`). The public constructors give it, so that it points at their caller."""
+    if family in ("mobilenet", "mobilenet_v2") and weights != "imagenet" and \
+            input_shape is not None and len(input_shape) == 3 and input_shape[0] not in (1, 3):
+        return ("This model usually expects 1 or 3 input channels. However, it was passed an "
+                f"input_shape with {input_shape[0]} input channels.")
+    return None
+
+
 def classifier_activation(activation: Union[None, str, Callable], weights: Weights) -> nn.Module:
     """The `predictions` activation. With pretrained weights Keras allows only None or softmax."""
     if weights is not None and activation not in (None, "softmax", "linear"):
@@ -110,22 +108,6 @@ def classifier_activation(activation: Union[None, str, Callable], weights: Weigh
     return layers.CLASSIFIER_ACTIVATIONS[activation]()
 
 
-def load_requested_weights(model, weights: Weights):
-    """The last step of every builder: load what `weights` names into `model`."""
-    if weights is None:
-        return model
-    if weights == "imagenet":
-        # Keras' choice of official file for this model, downloaded, verified and converted once
-        # into torch's hub cache.
-        from .download import imagenet_weights
-
-        weights = imagenet_weights(model.config)
-    from .conversion import load_weights  # the converter imports the builders
-
-    load_weights(model, weights, assign=True)  # a fresh model: take the tensors as they are
-    return model
-
-
 def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple:
     """Validate a channels-first `(C, H, W)` input shape; H and W may be None."""
     if len(input_shape) != 3:
@@ -141,3 +123,20 @@ def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple
             f"Input size must be at least {min_size}x{min_size}; got input_shape={input_shape}"
         )
     return tuple(input_shape)
+
+
+def add_tail(model: KerasModel, x: KerasTensor, include_top: bool, pooling: Optional[str],
+             top: Callable[[KerasModel, KerasTensor], object],
+             pooling_names: tuple = ("global_average_pooling2d", "global_max_pooling2d")
+             ) -> KerasModel:
+    """The end of every builder: the body's last layer becomes the model's `feature_layer`,
+    then comes the family's top (`top(model, x)`) or, without it, Keras' optional global
+    pooling, under the family's names for those layers."""
+    model.feature_layer = model.layer_names[-1]
+    if include_top:
+        top(model, x)
+    elif pooling == "avg":
+        model.add(pooling_names[0], layers.GlobalAveragePooling2D(), x)
+    elif pooling == "max":
+        model.add(pooling_names[1], layers.GlobalMaxPooling2D(), x)
+    return model

@@ -24,10 +24,14 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Optional
 
-from .weights import HASH_STATUS_NOTES, Checkpoint, imagenet_checkpoint, warn_at_caller
+from .._version import __version__
+from ..keras_io import convert
+from ..keras_io.atomic import atomic_write_text
+from .registry import HASH_STATUS_NOTES, Checkpoint, imagenet_checkpoint
 
 try:
     import fcntl
@@ -68,18 +72,18 @@ def progress_bars(enabled: Optional[bool]):
         _progress_override.reset(token)
 
 
-def imagenet_weights(config: dict) -> Path:
+def imagenet_weights(config: dict, stacklevel: int = 1) -> Path:
     """The converted official checkpoint for a model built with `config` (Keras' choice of file),
-    fetched into the cache if needed."""
-    return converted_checkpoint(imagenet_checkpoint(config))
+    fetched into the cache if needed. Warnings point `stacklevel` frames up (1: the caller)."""
+    return converted_checkpoint(imagenet_checkpoint(config, stacklevel + 1),
+                                stacklevel=stacklevel + 1)
 
 
 def converted_checkpoint(checkpoint: Checkpoint, directory=None, keras_directory=None,
-                         progress: Optional[bool] = None) -> Path:
+                         progress: Optional[bool] = None, stacklevel: int = 1) -> Path:
     """The `.safetensors` conversion of `checkpoint`'s Keras file, in `directory` (default: the
-    cache); downloads and verifies the Keras file into `keras_directory` (default: the same)."""
-    from .conversion import convert  # the converter imports the builders, which import us
-
+    cache); downloads and verifies the Keras file into `keras_directory` (default: the same).
+    Warnings point `stacklevel` frames up (1: the caller)."""
     directory = Path(directory or cache_dir())
     keras_directory = Path(keras_directory or directory)
     converted = directory / checkpoint.converted_name
@@ -90,38 +94,40 @@ def converted_checkpoint(checkpoint: Checkpoint, directory=None, keras_directory
     with _checkpoint_lock(keras_directory, checkpoint):
         if converted.exists():  # another process made it while we waited for the lock
             return converted
-        keras_file = _fetch_verified(checkpoint, keras_directory, progress)
+        keras_file = _fetch_verified(checkpoint, keras_directory, progress, stacklevel + 1)
         convert(keras_file, converted, **checkpoint.architecture())
     return converted
 
 
-def download(checkpoint: Checkpoint, directory=None, progress: Optional[bool] = None) -> Path:
+def download(checkpoint: Checkpoint, directory=None, progress: Optional[bool] = None,
+             stacklevel: int = 1) -> Path:
     """The verified Keras file of `checkpoint` in `directory` (default: the cache), downloaded
-    unless a verified copy is already there."""
+    unless a verified copy is already there. Warnings point `stacklevel` frames up."""
     directory = Path(directory or cache_dir())
     directory.mkdir(parents=True, exist_ok=True)
     with _checkpoint_lock(directory, checkpoint):
-        return _fetch_verified(checkpoint, directory, progress)
+        return _fetch_verified(checkpoint, directory, progress, stacklevel + 1)
 
 
 # ------------------------------------------------------------------------------ under the lock
-def _fetch_verified(checkpoint: Checkpoint, directory: Path, progress: Optional[bool]) -> Path:
+def _fetch_verified(checkpoint: Checkpoint, directory: Path, progress: Optional[bool],
+                    stacklevel: int) -> Path:
     target = directory / checkpoint.file_name
     # We hold the lock, so any partial download left here is from a process that died.
     for stale in directory.glob(f".{checkpoint.file_name}.*.part"):
         stale.unlink()
     if target.exists():
         try:
-            _verify(checkpoint, _digests_of(target), directory, str(target))
+            _verify(checkpoint, _digests_of(target), directory, str(target), stacklevel + 1)
             return target
         except ChecksumError as error:
             target.unlink()
-            warn_at_caller(f"{error} Downloading it again.")
+            warnings.warn(f"{error} Downloading it again.", UserWarning, stacklevel=stacklevel + 1)
     fd, part = tempfile.mkstemp(prefix=f".{checkpoint.file_name}.", suffix=".part", dir=directory)
     os.close(fd)
     try:
         digests = _http_get(checkpoint, Path(part), directory, progress)
-        _verify(checkpoint, digests, directory, checkpoint.url)
+        _verify(checkpoint, digests, directory, checkpoint.url, stacklevel + 1)
         os.replace(part, target)
     except BaseException:
         Path(part).unlink(missing_ok=True)
@@ -133,8 +139,6 @@ def _http_get(checkpoint: Checkpoint, part: Path, directory: Path,
               progress: Optional[bool]) -> dict:
     """Stream the file into `part`; returns its md5 and sha256. Raises DownloadError with the URL
     and the offline alternative on any failure, a short transfer included."""
-    from . import __version__
-
     url = checkpoint.url
     request = urllib.request.Request(url, headers={"User-Agent": f"torch-mobilenets/{__version__}"})
     try:
@@ -178,7 +182,8 @@ def _failure(checkpoint: Checkpoint, directory: Path, reason) -> str:
             f"or put it at {directory / checkpoint.file_name}.")
 
 
-def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str) -> None:
+def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str,
+            stacklevel: int) -> None:
     if checkpoint.hash_algorithm:
         expected, got = checkpoint.file_hash, digests[checkpoint.hash_algorithm]
         if got != expected:
@@ -192,10 +197,10 @@ def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str) 
     seen = digests["sha256"]
     recorded = _record_first_seen(directory, checkpoint.file_name, seen)
     if recorded is None:
-        warn_at_caller(
+        warnings.warn(
             f"{checkpoint.file_name} was NOT verified: Keras publishes no checksum for it. Its "
             f"sha256 {seen} is now recorded in {directory / SEEN_HASHES_FILE}, and later "
-            "downloads must match it (trust on first use).")
+            "downloads must match it (trust on first use).", UserWarning, stacklevel=stacklevel + 1)
     elif recorded != seen:
         raise ChecksumError(
             f"{where}: sha256 {seen} differs from {recorded}, recorded when "
@@ -212,10 +217,7 @@ def _record_first_seen(directory: Path, file_name: str, sha256: str) -> Optional
         if file_name in seen:
             return seen[file_name]
         seen[file_name] = sha256
-        fd, tmp = tempfile.mkstemp(prefix=f".{SEEN_HASHES_FILE}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "w") as f:
-            json.dump(seen, f, indent=1, sort_keys=True)
-        os.replace(tmp, record)
+        atomic_write_text(record, json.dumps(seen, indent=1, sort_keys=True))
     return None
 
 

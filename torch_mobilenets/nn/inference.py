@@ -1,7 +1,7 @@
 """A faster inference copy of a model: `optimize_for_inference(model)`.
 
 Eager `forward` already folds Keras' stride-2 padding into the convolutions, runs the graph
-channels-last on the CPU and writes layers into their inputs where it can (see `functional._plan`).
+channels-last on the CPU and writes layers into their inputs where it can (see `graph._plan`).
 For inference only, this also folds every BatchNormalization and activation into the convolution
 before it, keeps the kernels packed for oneDNN, stores weights channels-last, and optionally
 compiles. The copy computes the same function to float32 round-off; the model given is
@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .functional import KerasModel, readers_of
+from .graph import KerasModel
 from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish, ReLU, ReLU6
 
 # oneDNN's fused convolution, which PyTorch itself runs for compiled models on the CPU
@@ -102,12 +102,13 @@ class FusedConv2d(Conv2d):
 def fold_batch_norms(model: KerasModel) -> KerasModel:
     """Fold each BatchNorm2d into the Conv2d it reads from, when nothing else reads the conv,
     in place. Only valid for inference (BatchNorm in training uses batch statistics)."""
-    readers = readers_of(inputs for _, inputs in model._graph)
-    for node, (name, inputs) in enumerate(model._graph, start=1):
-        bn = model.get_submodule(name)
-        if not isinstance(bn, BatchNorm2d) or len(inputs) != 1 or len(readers[inputs[0]]) != 1:
+    nodes, readers = model.nodes(), model.readers()
+    for node in nodes:
+        bn = node.layer
+        if not isinstance(bn, BatchNorm2d) or len(node.inputs) != 1 or node.inputs[0] == 0 \
+                or len(readers[node.inputs[0]]) != 1:
             continue
-        conv = model.get_submodule(model._graph[inputs[0] - 1][0]) if inputs[0] else None
+        conv = nodes[node.inputs[0] - 1].layer
         if not isinstance(conv, Conv2d):
             continue
         with torch.no_grad():
@@ -117,33 +118,29 @@ def fold_batch_norms(model: KerasModel) -> KerasModel:
                 shift = shift + conv.bias * scale
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
             conv.bias = nn.Parameter(shift)
-        setattr(model, name, FoldedAway())
-    model._plan = None
+        model.replace(node.name, FoldedAway())
     return model
 
 
 def fuse_convolutions(model: KerasModel) -> KerasModel:
     """Make each Conv2d a FusedConv2d, in place, taking in the activation that is its only
     reader (through folded BatchNorms). Run after `fold_batch_norms`."""
-    graph = model._graph
-    readers = readers_of(inputs for _, inputs in graph)
-    for node, (name, _) in enumerate(graph, start=1):
-        conv = model._modules[name]
+    nodes, readers = model.nodes(), model.readers()
+    for node in nodes:
+        conv = node.layer
         if type(conv) not in (Conv2d, DepthwiseConv2d):
             continue
-        activation, end = None, node
+        activation, end = None, node.index
         while len(readers.get(end, ())) == 1:
-            reader = readers[end][0]
-            layer = model._modules[graph[reader - 1][0]]
-            if isinstance(layer, FoldedAway):
-                end = reader
+            reader = nodes[readers[end][0] - 1]
+            if isinstance(model.get_submodule(reader.name), FoldedAway):
+                end = reader.index
                 continue
-            if type(layer) in ONEDNN_ACTIVATIONS:
-                activation = layer
-                setattr(model, graph[reader - 1][0], FoldedAway())
+            if type(reader.layer) in ONEDNN_ACTIVATIONS:
+                activation = reader.layer
+                model.replace(reader.name, FoldedAway())
             break
-        setattr(model, name, FusedConv2d(conv, activation))
-    model._plan = None
+        model.replace(node.name, FusedConv2d(conv, activation))
     return model
 
 

@@ -5,8 +5,10 @@ Each layer also knows two things the Keras functional API knows about its layers
 - `output_shape(*input_shapes)`: the static shape it produces, `(C, H, W)` with `None` for a
   dynamic size. Keras computes some paddings from these static shapes at build time
   (`correct_pad`), so the model builders need them too.
-- for layers with weights, `keras_class` and `from_keras(arrays)`: how the Keras variables, in
-  Keras' order and layout, become this module's state. The converter is driven by these alone.
+- for layers with weights, `keras_class`, `keras_variables()`, `keras_shapes()`, and both
+  directions of the translation: `from_keras(arrays)` turns the Keras variables, in Keras' order
+  and layout, into this module's state, and `to_keras()` gives them back. The converter and the
+  Keras writer are driven by these alone.
 """
 
 from __future__ import annotations
@@ -80,6 +82,15 @@ def _check_keras_shapes(layer: nn.Module, arrays: Sequence[np.ndarray]) -> None:
     for name, want, have in zip(layer.keras_variables(), expected, got):
         if want != have:
             raise ValueError(f"{name}: expected shape {want}, the file has {have}")
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A float32 numpy copy of a parameter or buffer, whatever its device and dtype."""
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def glorot_uniform_(weight: torch.Tensor, keras_kernel_shape: tuple) -> None:
@@ -179,10 +190,14 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
         # Keras kernels are (kh, kw, in, out); PyTorch wants (out, in, kh, kw).
-        state = {"weight": torch.from_numpy(np.ascontiguousarray(arrays[0].transpose(3, 2, 0, 1)))}
+        state = {"weight": _tensor(arrays[0].transpose(3, 2, 0, 1))}
         if self.bias is not None:
-            state["bias"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
+            state["bias"] = _tensor(arrays[1])
         return state
+
+    def to_keras(self) -> list[np.ndarray]:
+        arrays = [np.ascontiguousarray(_numpy(self.weight).transpose(2, 3, 1, 0))]
+        return arrays + ([_numpy(self.bias)] if self.bias is not None else [])
 
 
 class DepthwiseConv2d(Conv2d):
@@ -210,10 +225,16 @@ class DepthwiseConv2d(Conv2d):
         # Keras output channel c*multiplier + j is input channel c's j-th filter, which is
         # exactly PyTorch's grouped-conv order once (C, m) are flattened together.
         kernel = arrays[0].reshape(kh, kw, channels * multiplier).transpose(2, 0, 1)[:, None]
-        state = {"weight": torch.from_numpy(np.ascontiguousarray(kernel))}
+        state = {"weight": _tensor(kernel)}
         if self.bias is not None:
-            state["bias"] = torch.from_numpy(np.ascontiguousarray(arrays[1]))
+            state["bias"] = _tensor(arrays[1])
         return state
+
+    def to_keras(self) -> list[np.ndarray]:
+        kh, kw, channels, multiplier = self.keras_shapes()[0]
+        kernel = _numpy(self.weight)[:, 0].transpose(1, 2, 0).reshape(kh, kw, channels, multiplier)
+        arrays = [np.ascontiguousarray(kernel)]
+        return arrays + ([_numpy(self.bias)] if self.bias is not None else [])
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -222,6 +243,8 @@ class BatchNorm2d(nn.BatchNorm2d):
     variance, as Keras does (PyTorch would use the unbiased one)."""
 
     keras_class = "BatchNormalization"
+    # Our names for Keras' gamma, beta, moving_mean, moving_variance.
+    _KERAS_ORDER = ("weight", "bias", "running_mean", "running_var")
 
     def __init__(self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON):
         super().__init__(num_features, eps=epsilon, momentum=1.0 - momentum)
@@ -263,10 +286,12 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
-        names = ("weight", "bias", "running_mean", "running_var")
-        state = {n: torch.from_numpy(np.ascontiguousarray(a)) for n, a in zip(names, arrays)}
+        state = {name: _tensor(a) for name, a in zip(self._KERAS_ORDER, arrays)}
         state["num_batches_tracked"] = torch.tensor(0)  # Keras keeps no step count
         return state
+
+    def to_keras(self) -> list[np.ndarray]:
+        return [_numpy(getattr(self, name)) for name in self._KERAS_ORDER]
 
 
 class Dense(_KerasInitialized, nn.Linear):
@@ -296,8 +321,10 @@ class Dense(_KerasInitialized, nn.Linear):
 
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
-        return {"weight": torch.from_numpy(np.ascontiguousarray(arrays[0].T)),
-                "bias": torch.from_numpy(np.ascontiguousarray(arrays[1]))}
+        return {"weight": _tensor(arrays[0].T), "bias": _tensor(arrays[1])}
+
+    def to_keras(self) -> list[np.ndarray]:
+        return [np.ascontiguousarray(_numpy(self.weight).T), _numpy(self.bias)]
 
 
 # Layers without weights. Each keeps the shape it gets unless it says otherwise.
@@ -473,22 +500,6 @@ class Multiply(nn.Module):
         return a
 
 
-def squeeze_excite(graph, x, filters: int, se_ratio: float, prefix: str):
-    """MobileNetV3's squeeze-and-excite, as the separate Keras layers `{prefix}squeeze_excite_*`.
-
-    `graph` is the model being built (see `functional.KerasModel.add`), `x` its symbolic tensor.
-    """
-    inputs = x
-    x = graph.add(f"{prefix}squeeze_excite_avg_pool", GlobalAveragePooling2D(keepdims=True), x)
-    x = graph.add(f"{prefix}squeeze_excite_conv",
-                  Conv2d(filters, make_divisible(filters * se_ratio), 1, bias=True), x)
-    x = graph.add(f"{prefix}squeeze_excite_relu", ReLU(), x)
-    x = graph.add(f"{prefix}squeeze_excite_conv_1",
-                  Conv2d(make_divisible(filters * se_ratio), filters, 1, bias=True), x)
-    x = graph.add(f"{prefix}squeeze_excite_hard_sigmoid", HardSigmoid(), x)
-    return graph.add(f"{prefix}squeeze_excite_mul", Multiply(), inputs, x)
-
-
 class SqueezeAndExcite2D(nn.Module):
     """KerasCV's `SqueezeAndExcite2D` with MobileNetV3's activations: one layer holding
     `squeeze_conv` (ReLU) and `excite_conv` (hard sigmoid), gating its input."""
@@ -528,6 +539,9 @@ class SqueezeAndExcite2D(nn.Module):
         state.update({f"excite_conv.{k}": v
                       for k, v in self.excite_conv.from_keras(arrays[2:]).items()})
         return state
+
+    def to_keras(self) -> list[np.ndarray]:
+        return self.squeeze_conv.to_keras() + self.excite_conv.to_keras()
 
 
 # Keras activation names a user may pass as `classifier_activation`.

@@ -11,10 +11,14 @@ graph the way Keras code does:
 
 `add` returns a symbolic tensor carrying the static shape, which the builders need because Keras
 fixes some paddings from static shapes at build time. `forward` replays the recorded graph.
+
+Code that rewrites a built model (the inference folds) reads the graph through `nodes()` and
+`readers()` and swaps layers with `replace()`, never the private wiring.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Iterable, NamedTuple, Optional
 
 import torch
@@ -29,6 +33,16 @@ class KerasTensor(NamedTuple):
 
     node: int
     shape: tuple
+
+
+class Node(NamedTuple):
+    """One layer call in the graph. Nodes are numbered from 1 in Keras' order; node 0 is the
+    model's input, and `inputs` are the numbers of the nodes the layer reads."""
+
+    index: int
+    name: str
+    layer: nn.Module
+    inputs: tuple
 
 
 class KerasModel(nn.Module):
@@ -66,6 +80,24 @@ class KerasModel(nn.Module):
     def layer_names(self) -> list[str]:
         """The Keras layer names, in Keras' order."""
         return [name for name, _ in self._graph]
+
+    # The graph, for code that rewrites a built model.
+
+    def nodes(self) -> list[Node]:
+        """Every layer call, in Keras' order (node i is `nodes()[i - 1]`)."""
+        return [Node(i, name, self._modules[name], inputs)
+                for i, (name, inputs) in enumerate(self._graph, start=1)]
+
+    def readers(self) -> dict[int, list[int]]:
+        """node -> the nodes that read its output, in order (node 0: the input)."""
+        return readers_of(inputs for _, inputs in self._graph)
+
+    def replace(self, name: str, layer: nn.Module) -> None:
+        """Put `layer` where layer `name` is, with the same wiring (say, a folded layer)."""
+        if name not in self.layer_names:
+            raise ValueError(f"model {self.name!r} has no layer {name!r}")
+        setattr(self, name, layer)
+        self._plan = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
@@ -119,7 +151,7 @@ class KerasModel(nn.Module):
                              "x, pre_logits=True) or a model built with include_top=False")
         old = self._modules[name]
         device, dtype = old.weight.device, old.weight.dtype
-        self._modules[name] = old.with_outputs(num_classes).to(device=device, dtype=dtype)
+        self.replace(name, old.with_outputs(num_classes).to(device=device, dtype=dtype))
         self.config["classes"] = num_classes
 
     def freeze(self, up_to: Optional[str] = None) -> None:
@@ -174,17 +206,17 @@ class KerasModel(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         values, kept = {start_node: x}, {}
         for node, step in enumerate(self._plan[keep], start=1):
-            if step.how == "skip" or node <= start_node:
+            if step.how is How.SKIP or node <= start_node:
                 continue
             layer = self._modules[step.name]
             how = step.how
-            if how.startswith("inplace") and step.inputs[0] == start_node and not relayout:
-                how = "call"  # `x` belongs to the caller: never write into it
-            if how == "alias":
+            if how in _IN_PLACE and step.inputs[0] == start_node and not relayout:
+                how = How.CALL  # `x` belongs to the caller: never write into it
+            if how is How.ALIAS:
                 out = values[step.inputs[0]]
-            elif how == "inplace" or (how == "inplace_nograd" and overwrite):
+            elif how is How.INPLACE or (how is How.INPLACE_NOGRAD and overwrite):
                 out = layer.forward_inplace(*(values[i] for i in step.inputs))
-            elif how == "padded":
+            elif how is How.PADDED:
                 out = layer(values[step.inputs[0]], pad=step.pad)
             else:
                 out = layer(*(values[i] for i in step.inputs))
@@ -235,14 +267,25 @@ def _set_trainable(layer: nn.Module, trainable: bool) -> None:
             module.trainable = trainable
 
 
+class How(enum.Enum):
+    """How the plan runs one layer."""
+
+    CALL = "call"
+    ALIAS = "alias"  # an identity: its output is its input
+    PADDED = "padded"  # a conv reading the input of the skipped ZeroPadding2D before it
+    SKIP = "skip"  # a ZeroPadding2D folded into the conv after it
+    INPLACE = "inplace"  # writes its result into its first input
+    INPLACE_NOGRAD = "inplace_nograd"  # the same, but only when no gradient is being recorded
+
+
+_IN_PLACE = (How.INPLACE, How.INPLACE_NOGRAD)
+
+
 class _Step(NamedTuple):
     name: str
     inputs: tuple  # nodes read
     released: tuple  # nodes no later step reads
-    # "call"; "alias" (the layer is an identity); "padded" (reads the input of the skipped pad
-    # before it); "skip"; "inplace" (writes into its first input); "inplace_nograd" (the same,
-    # but only when no gradient is being recorded)
-    how: str = "call"
+    how: How = How.CALL
     pad: Optional[tuple] = None
 
 
@@ -263,23 +306,23 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     steps, readers = [], readers_of(inputs for _, inputs in graph)
     for step, (name, inputs) in enumerate(graph, start=1):
         layer = model._modules[name]
-        how, pad = "call", None
+        how, pad = How.CALL, None
         source = inputs[0] if len(inputs) == 1 else None
         if source and readers[source] == [step] and graph[source - 1][0] not in keep:
             producer = model._modules[graph[source - 1][0]]
             if isinstance(layer, nn.Identity):  # a layer folded into its producer
-                how = "alias"
+                how = How.ALIAS
             elif isinstance(producer, ZeroPadding2D) and \
                     getattr(layer, "keras_padding", None) == "valid":
-                how, pad, inputs = "padded", producer.padding, graph[source - 1][1]
-                steps[source - 1] = steps[source - 1]._replace(how="skip", inputs=())
+                how, pad, inputs = How.PADDED, producer.padding, graph[source - 1][1]
+                steps[source - 1] = steps[source - 1]._replace(how=How.SKIP, inputs=())
         steps.append(_Step(name, tuple(inputs), (), how, pad))
 
     readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
     def shares_input(step: int) -> bool:  # may return its input, or a view of it
         return isinstance(model._modules[steps[step - 1].name], SHARES_INPUT) or \
-            steps[step - 1].how == "alias"
+            steps[step - 1].how is How.ALIAS
 
     def owns(node: int, via: Optional[int] = None) -> bool:
         """No tensor that a later layer reads, or that the caller gets, shares `node`'s memory;
@@ -295,7 +338,7 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
 
     for step, s in enumerate(steps, start=1):
         layer = model._modules[s.name]
-        if s.how != "call" or not hasattr(layer, "forward_inplace"):
+        if s.how is not How.CALL or not hasattr(layer, "forward_inplace"):
             continue
         writable = [s.inputs[k] for k in getattr(layer, "inplace_inputs", (0,))
                     if readers[s.inputs[k]][-1] == step and owns(s.inputs[k])]
@@ -309,7 +352,7 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
         autograd_safe = getattr(layer, "inplace_under_autograd", False) and \
             readers[target] == [step]
         steps[step - 1] = s._replace(inputs=inputs,
-                                     how="inplace" if autograd_safe else "inplace_nograd")
+                                     how=How.INPLACE if autograd_safe else How.INPLACE_NOGRAD)
 
     last_reader = {}
     for step, s in enumerate(steps, start=1):

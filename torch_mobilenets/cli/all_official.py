@@ -1,4 +1,4 @@
-"""python -m convert --all-official OUT_DIR: every official Keras ImageNet checkpoint, downloaded,
+"""`torch-mobilenets convert --all-official OUT_DIR`: every official Keras ImageNet checkpoint, downloaded,
 verified, converted and, where Keras is installed, compared with Keras.
 
     OUT_DIR/keras/<official name>.h5            the verified downloads (+ sha256_seen.json for
@@ -14,17 +14,16 @@ an interrupted run is discarded and fetched again from the start.
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (torch and torch._dynamo before TensorFlow)
-import torch._dynamo  # noqa: F401
-
 import fnmatch
 import importlib.util
 import json
-import os
-import tempfile
 from pathlib import Path
 
-import numpy as np
+from ..keras_io import sha256
+from ..keras_io.atomic import atomic_write_text
+from ..pretrained.download import converted_checkpoint
+from ..pretrained.registry import Checkpoint, list_weights
+from . import parity as parity_check
 
 # Relative to max(1, max |Keras output|), as the parity tests measure it.
 PARITY_TOLERANCE = 1e-4
@@ -34,8 +33,6 @@ IMAGES = 4
 def select(only=None) -> list:
     """The registry's checkpoints whose name (`mobilenet_v2_0.35_96_no_top`) or file name
     matches one of the `only` shell patterns; all of them without patterns."""
-    from torch_mobilenets.weights import list_weights
-
     return [c for c in list_weights()
             if not only or any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.file_name, p)
                                for p in only)]
@@ -44,8 +41,6 @@ def select(only=None) -> list:
 def run_all(out_dir, only=None, parity=None, progress=None, debug=False, log=print) -> int:
     """Fetch, convert and (parity: True, False, or None for "if Keras is installed") compare every
     selected checkpoint; returns the number that failed. Messages go to `log`."""
-    from torch_mobilenets.download import converted_checkpoint
-
     out_dir = Path(out_dir)
     checkpoints = select(only)
     if not checkpoints:
@@ -88,46 +83,14 @@ def run_all(out_dir, only=None, parity=None, progress=None, debug=False, log=pri
     return failures
 
 
-def images(size: int, n: int = IMAGES, seed: int = 0) -> np.ndarray:
-    """Seeded smooth NHWC pixels in [0, 255]: image-like enough to exercise every channel."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (n, size // 16 + 1, size // 16 + 1, 3))
-    smooth = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :size, :size]
-    return np.clip(np.round(smooth + rng.normal(0, 16, smooth.shape)), 0, 255).astype(np.float32)
-
-
-def parity_report(checkpoint, keras_file: Path, converted: Path) -> dict:
-    """Keras loading `keras_file` and PyTorch loading `converted`, on the same images at the
-    checkpoint's size: logits with the top, the final feature map without."""
-    import keras
-
-    import torch_mobilenets as tm
-    from convert.keras_reference import FAMILIES as KERAS_BUILDERS
-    from torch_mobilenets.conversion import sha256
-
-    kwargs = checkpoint.builder_kwargs()
-    if checkpoint.include_top:
-        kwargs["classifier_activation"] = None  # compare logits, not softmax
-    keras_kwargs = dict(kwargs)
-    if "input_shape" in kwargs:
-        channels, height, width = kwargs["input_shape"]
-        keras_kwargs["input_shape"] = (height, width, channels)
-    keras_model = KERAS_BUILDERS[checkpoint.family](weights=None, **keras_kwargs)
-    keras_model.load_weights(str(keras_file))
-    torch_model = tm.FAMILIES[checkpoint.family](weights=str(converted), **kwargs).eval()
-
-    x = images(checkpoint.rows)
-    keras_input, torch_input = x.copy(), torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-    if checkpoint.family in ("mobilenet", "mobilenet_v2"):  # V3 models rescale themselves
-        keras_input = keras.applications.mobilenet.preprocess_input(keras_input)
-        torch_input = tm.mobilenet_v1.preprocess_input(torch_input)
-    expected = np.asarray(keras.ops.convert_to_numpy(keras_model(keras_input, training=False)))
-    with torch.no_grad():
-        got = torch_model(torch_input).numpy()
-    if got.ndim == 4:
-        got = got.transpose(0, 2, 3, 1)
-    difference = float(np.abs(got - expected).max())
-    relative = difference / max(1.0, float(np.abs(expected).max()))
+def parity_report(checkpoint: Checkpoint, keras_file: Path, converted: Path) -> dict:
+    """Keras loading `keras_file` and PyTorch loading `converted`, on the same seeded images at
+    the checkpoint's size: logits with the top, the final feature map without."""
+    report = parity_check.check(keras_file, known=checkpoint.architecture(),
+                                input_shape=checkpoint.builder_kwargs().get("input_shape"),
+                                size=(checkpoint.rows, checkpoint.rows), seeded=IMAGES,
+                                tolerance=PARITY_TOLERANCE, torch_weights=converted)
+    output = report["outputs"][0]
     result = {
         "checkpoint": checkpoint.name,
         "file": checkpoint.file_name,
@@ -135,16 +98,16 @@ def parity_report(checkpoint, keras_file: Path, converted: Path) -> dict:
         "sha256": sha256(keras_file),
         "checksum": f"{checkpoint.hash_algorithm or 'none'} ({checkpoint.hash_status})",
         "compared": "logits" if checkpoint.include_top else "final feature map",
-        "input": [IMAGES, checkpoint.rows, checkpoint.rows, 3],
-        "max_abs_difference": difference,
-        "relative_difference": relative,
-        "within_tolerance": relative <= PARITY_TOLERANCE,
+        "input": report["inputs"]["shape"],
+        "max_abs_difference": output["max_abs_difference"],
+        "relative_difference": output["relative_difference"],
+        "within_tolerance": report["within_tolerance"],
         "tolerance": PARITY_TOLERANCE,
-        "keras_version": keras.__version__,
-        "torch_version": torch.__version__,
+        "keras_version": report["versions"]["keras"],
+        "torch_version": report["versions"]["torch"],
     }
-    if checkpoint.include_top:
-        result["top1_agreement"] = float((got.argmax(1) == expected.argmax(1)).mean())
+    if "top1_agreement" in output:
+        result["top1_agreement"] = output["top1_agreement"]
     return result
 
 
@@ -161,18 +124,11 @@ def write_summary(out_dir: Path) -> Path:
                      f"{r['relative_difference']:.2e} | {agreement} | {r['checksum']} | "
                      f"{'yes' if r['within_tolerance'] else 'NO'} |")
     summary = out_dir / "parity.md"
-    _atomic_write_text(summary, "\n".join(lines) + "\n")
+    atomic_write_text(summary, "\n".join(lines) + "\n")
     return summary
 
 
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 

@@ -19,7 +19,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .mobilenet_v1 import preprocess_input  # Keras' "tf" mode, shared by V1 and V2
+from ..models.preprocessing import scale_to_unit_range
 
 # Keras' `load_img` interpolation names, as PIL resampling filters.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
@@ -96,7 +96,7 @@ class KerasPreprocessing:
                 image = image.resize(width_height, getattr(Image.Resampling,
                                                            self.interpolation.upper()))
         x = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy())
-        return preprocess_input(x) if self.scale else x
+        return scale_to_unit_range(x) if self.scale else x
 
     def __repr__(self) -> str:
         return (f"KerasPreprocessing(size={self.size}, scale={self.scale}, "

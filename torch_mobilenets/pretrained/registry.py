@@ -25,25 +25,19 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from ..keras_io import build
+from ..models.official import (V1_ALPHAS, V1_SIZES, V2_ALPHAS, V2_ONLY_224, V2_SIZES, V3_MODELS,
+                               imagenet_choice)
+from .transforms import KerasPreprocessing
+
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 # Another location for the same tree of files (a mirror, or a local server in tests).
 BASE_URL_ENV = "TORCH_MOBILENETS_WEIGHTS_URL"
-
-V1_SIZES = (128, 160, 192, 224)
-V2_SIZES = (96, 128, 160, 192, 224)
-V1_ALPHAS = (1.0, 0.75, 0.5, 0.25)
-V2_ALPHAS = (1.0, 0.75, 0.5, 0.35, 1.3, 1.4)
-# V2 widths with files at 224x224 only.
-V2_ONLY_224 = (1.3, 1.4)
-# (model type, minimalistic, alpha) of the six V3 checkpoints.
-V3_MODELS = (("large", False, 1.0), ("large", False, 0.75), ("large", True, 1.0),
-             ("small", False, 1.0), ("small", False, 0.75), ("small", True, 1.0))
 
 # ---------------------------------------------------------------------------------- checksums
 # V3 md5 as Keras 3.15 pins them: key -> (top, no top).
@@ -153,7 +147,7 @@ HASH_STATUS_NOTES = {
 class Checkpoint:
     """One official Keras weights file and the model it fits."""
 
-    family: str            # a torch_mobilenets.FAMILIES key
+    family: str            # a torch_mobilenets.models.FAMILIES key
     alpha: float
     rows: int              # the square input size the weights were trained at
     include_top: bool
@@ -205,18 +199,14 @@ class Checkpoint:
         """The exact parameter count, as Keras' `count_params()` (BatchNorm statistics included)."""
         return _count_parameters(tuple(sorted(self.architecture().items())))
 
-    def transforms(self):
+    def transforms(self) -> KerasPreprocessing:
         """The preprocessing preset: a PIL image or uint8 tensor to this model's input, as Keras'
         `load_img(target_size=...)` + `preprocess_input` do."""
-        from .transforms import KerasPreprocessing
-
         return KerasPreprocessing.for_family(self.family, size=self.rows)
 
 
 @functools.cache
 def _count_parameters(architecture: tuple) -> int:
-    from .conversion import build
-
     model = build(dict(architecture), "meta")
     return sum(t.numel() for k, t in model.state_dict().items()
                if not k.endswith("num_batches_tracked"))
@@ -292,48 +282,15 @@ def find_checkpoint(family: str, alpha: float, rows: int, include_top: bool,
         f"{available}")
 
 
-def imagenet_checkpoint(config: dict) -> Checkpoint:
-    """The file `weights="imagenet"` loads into a model built with `config`, by Keras' rules.
-
-    V1 and V2 pick the file of the model's static square size when one exists, else the 224
-    file with Keras' warning; V3 always loads the 224 file and warns, as Keras does, unless the
-    model is built for 224x224. The builders have already applied Keras' alpha, depth
-    multiplier, classes and input-shape checks.
-    """
-    family = config["family"]
-    _, rows, cols = config.get("input_shape") or (3, None, None)
-    if family.startswith("mobilenet_v3"):
-        if rows != cols or rows != 224:
-            warn_at_caller("`input_shape` is undefined or non-square, or `rows` is not 224. "
-                           "Weights for input shape (224, 224) will be loaded as the default.")
-        return find_checkpoint(family, config["alpha"], 224, config["include_top"],
-                               config.get("minimalistic", False))
-    sizes = V1_SIZES if family == "mobilenet" else V2_SIZES
-    if rows != cols or rows not in sizes:
-        rows = 224
-        warn_at_caller(f"`input_shape` is undefined or non-square, or `rows` is not in "
-                       f"{list(sizes)}. Weights for input shape (224, 224) will be loaded as "
-                       "the default.")
-    alpha = float(config["alpha"])
-    if family == "mobilenet_v2" and alpha in V2_ONLY_224 and rows != 224:
-        # Keras asks for `..._{alpha}_{rows}.h5` here, a file that does not exist (HTTP 404).
-        raise ValueError(
-            f"There are no official MobileNetV2 ImageNet weights for alpha={alpha} at "
-            f"{rows}x{rows}: alpha 1.3 and 1.4 exist at 224x224 only (Keras requests a file that "
-            "does not exist here). Build the model at 224x224, or without the top and "
-            "input_shape=None, or pass that file as `weights=` yourself.")
-    return find_checkpoint(family, alpha, rows, config["include_top"])
-
-
-def warn_at_caller(message: str) -> None:
-    """A UserWarning (as Keras' builders warn) attributed to the first caller outside this
-    package, however deep in the builder chain it is raised."""
-    package = str(Path(__file__).parent)
-    level, frame = 2, sys._getframe(1)  # stacklevel 2 is our caller
-    while frame is not None and (frame.f_code.co_filename.startswith(package)
-                                 or Path(frame.f_code.co_filename).name == "hubconf.py"):
-        level, frame = level + 1, frame.f_back
-    warnings.warn(message, UserWarning, stacklevel=level)
+def imagenet_checkpoint(config: dict, stacklevel: int = 1) -> Checkpoint:
+    """The file `weights="imagenet"` loads into a model built with `config`, by Keras' rules
+    (`models.official.imagenet_choice`), with Keras' warning when the model is not built for its
+    size. `stacklevel` as `warnings.warn`'s, counted from this function's caller (1)."""
+    choice = imagenet_choice(config)
+    if choice.warning:
+        warnings.warn(choice.warning, UserWarning, stacklevel=stacklevel + 1)
+    return find_checkpoint(choice.family, choice.alpha, choice.rows, choice.include_top,
+                           choice.minimalistic)
 
 
 # ------------------------------------------------------------------------------------ the table

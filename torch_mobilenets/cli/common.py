@@ -1,0 +1,83 @@
+"""What every subcommand shares: argparse with one-line usage errors, the exit codes, and running
+a command so that any failure is one line on stderr (`--debug` for the traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from ..models import FAMILIES
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug: the one-line message asks for --debug
+EXIT_USAGE = 2
+EXIT_BAD_INPUT = 3
+EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+
+
+def one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other error here (exit code 2)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+def fail(args: argparse.Namespace, message, code: int) -> int:
+    print(f"{args.prog}: error: {one_line(message)}", file=sys.stderr)
+    return code
+
+
+def run_guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int],
+                expected: dict, interrupted: str = "interrupted",
+                internal: int = EXIT_INTERNAL) -> int:
+    """`command(args)`, with each exception of a class in `expected` (class -> exit code, the
+    first match wins) turned into one line on stderr and that code; anything else is an
+    internal error (exit code `internal`), and an interrupt exits 130 saying `interrupted`.
+    `--debug` re-raises instead."""
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        return fail(args, interrupted, EXIT_INTERRUPTED)
+    except Exception as error:
+        if args.debug:
+            raise
+        for kind, code in expected.items():
+            if isinstance(error, kind):
+                return fail(args, error, code)
+        return fail(args, f"internal error ({type(error).__name__}: {error}); rerun with "
+                    "--debug for the traceback", internal)
+
+
+def add_debug(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def add_architecture_options(parser: argparse.ArgumentParser) -> None:
+    """What a weights file cannot always tell about its architecture."""
+    group = parser.add_argument_group("architecture (inferred from the file unless given)")
+    group.add_argument("--family", choices=list(FAMILIES))
+    group.add_argument("--alpha", type=float)
+    group.add_argument("--depth-multiplier", type=int, dest="depth_multiplier")
+    group.add_argument("--minimalistic", action=argparse.BooleanOptionalAction, default=None)
+    group.add_argument("--include-top", action=argparse.BooleanOptionalAction, default=None,
+                       dest="include_top")
+    group.add_argument("--classes", type=int)
+
+
+ARCHITECTURE_OPTIONS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
+                        "classes")
+
+
+def known_architecture(args: argparse.Namespace) -> dict:
+    return {k: getattr(args, k) for k in ARCHITECTURE_OPTIONS if getattr(args, k) is not None}

@@ -1,0 +1,379 @@
+"""`torch-mobilenets parity FILE [IMAGE...]`: the same weights in Keras and in PyTorch, on the same
+inputs, compared output by output.
+
+Keras builds the model the file fits (or loads a full-model `.h5` / `.keras`, or a KerasCV preset
+folder) and loads the file; PyTorch builds the same model and loads the same file. Both run on
+the images through Keras' own preprocessing (`load_img`, `img_to_array`, `preprocess_input`), or
+on seeded images of the right range when none is given. Classifiers are compared on their
+logits (the softmax of `predictions` taken off on both sides), models without the top on their
+feature map, KerasCV backbones on the final map and P1..P5.
+
+Keras is an optional dependency (`pip install 'torch-mobilenets[keras]'`), imported only here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..keras_io import build, describe_config, file_config, load_weights, read
+from ..keras_io.pairing import ARCHITECTURE_KEYS
+from ..pretrained.transforms import KerasPreprocessing
+from .common import (EXIT_BAD_INPUT, add_architecture_options, add_debug, fail,
+                     known_architecture, run_guarded)
+
+EXIT_OUTSIDE_TOLERANCE = 1
+EXIT_NO_KERAS = 4
+EXIT_INTERNAL = 5  # not 1, which says the outputs differ
+DEFAULT_TOLERANCE = 1e-4
+DEFAULT_SIZE = 224
+SEEDED_IMAGES = 4
+KERAS_EXTRA = "pip install 'torch-mobilenets[keras]'"
+KERAS_CV_EXTRA = "pip install 'torch-mobilenets[keras-cv]'"
+# The Keras builders of our families (KerasCV's backbone is found in keras_cv).
+KERAS_APPLICATIONS = {"mobilenet": "MobileNet", "mobilenet_v2": "MobileNetV2",
+                      "mobilenet_v3_small": "MobileNetV3Small",
+                      "mobilenet_v3_large": "MobileNetV3Large"}
+# Keras' preprocess_input for each family; V3 models rescale pixels themselves.
+KERAS_PREPROCESSING = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2"}
+
+EPILOG = """\
+examples:
+  torch-mobilenets parity mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5
+  torch-mobilenets parity my_model.keras cat.jpg dog.jpg --tol 1e-5
+  torch-mobilenets parity backbone.weights.h5 --size 97 131 --json
+
+The error of an output is max |PyTorch - Keras|; relative, that divided by max(1, max |Keras|).
+Top-1 (top-5) agreement: the share of images whose best class (five best, in order) is the same.
+
+exit codes: 0 every output within --tol (relative), 1 some output outside it, 2 usage, 3 a file
+or image that cannot be read or does not fit, 4 Keras (or KerasCV, for a backbone) not
+installed, 5 internal error (rerun with --debug), 130 interrupted."""
+
+
+class KerasUnavailable(Exception):
+    """Keras, its backend or KerasCV cannot be imported; the message says what to install."""
+
+
+def add_parser(subcommands) -> None:
+    parser = subcommands.add_parser(
+        "parity", help="compare Keras and PyTorch on the same weights file",
+        description=__doc__.split("\n\n")[1], epilog=EPILOG)
+    parser.add_argument("file", type=Path, metavar="FILE",
+                        help="Keras weights file (any layout), .keras, or KerasCV preset folder")
+    parser.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
+    parser.add_argument("--size", type=int, nargs="+", metavar=("ROWS", "COLS"),
+                        help="input size for a model the file does not fix (default 224x224)")
+    parser.add_argument("--seeded", type=int, default=SEEDED_IMAGES, metavar="N",
+                        help=f"seeded images when no IMAGE is given (default {SEEDED_IMAGES})")
+    parser.add_argument("--tol", type=float, default=DEFAULT_TOLERANCE,
+                        help=f"relative error allowed per output (default {DEFAULT_TOLERANCE})")
+    parser.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
+    add_architecture_options(parser)
+    add_debug(parser)
+    parser.set_defaults(run=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.size is not None and len(args.size) > 2:
+        args.parser.error("--size takes ROWS, or ROWS COLS")
+    if importlib.util.find_spec("keras") is None:
+        return fail(args, f"Keras is not installed; {KERAS_EXTRA}", EXIT_NO_KERAS)
+    return run_guarded(args, _parity, {KerasUnavailable: EXIT_NO_KERAS,
+                                       ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
+                       internal=EXIT_INTERNAL)
+
+
+def _parity(args: argparse.Namespace) -> int:
+    size = None
+    if args.size:
+        size = (args.size[0], args.size[-1])  # one number: square
+    report = check(args.file, args.images, known_architecture(args), size, args.seeded, args.tol)
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 0 if report["within_tolerance"] else EXIT_OUTSIDE_TOLERANCE
+
+
+# ------------------------------------------------------------------------------------ the check
+def check(path: Path, images=(), known: Optional[dict] = None, size: Optional[tuple] = None,
+          seeded: int = SEEDED_IMAGES, tolerance: float = DEFAULT_TOLERANCE,
+          torch_weights: Optional[Path] = None, input_shape: Optional[tuple] = None) -> dict:
+    """The parity report of a weights file: Keras loading `path`, PyTorch loading
+    `torch_weights` (default: the same file), on `images` or `seeded` seeded ones. `known` fixes
+    parts of the architecture, `input_shape` (channels first) builds both models static."""
+    keras = import_keras()
+    path = Path(path)
+    keras_file = read(path)
+    config = file_config(keras_file, **(known or {}))
+    if input_shape is not None:
+        config["input_shape"] = list(input_shape)
+    family = config["family"]
+    if family == "mobilenet_v3_backbone":
+        import_keras_cv()
+    keras_model = _keras_model(keras, family, config, keras_file.layout, path)
+    rows, cols = _input_size(keras_model, family, config, size)
+    torch_config = _torch_config(keras, keras_model, config)
+    torch_model = load_weights(build(torch_config), torch_weights or path).eval()
+
+    pixels, sources = _pixels(keras, images, rows, cols, seeded)
+    keras_input = _keras_preprocess(keras, family, torch_config, pixels)
+    torch_input = torch.from_numpy(keras_input).permute(0, 3, 1, 2).contiguous()
+    outputs = [_compare(name, ours, theirs)
+               for name, ours, theirs in _outputs(keras, keras_model, torch_model, keras_input,
+                                                  torch_input)]
+    report = {
+        "file": str(path),
+        "layout": keras_file.layout,
+        "architecture": describe_config(config),
+        "config": {k: config[k] for k in ARCHITECTURE_KEYS if k in config},
+        "inputs": {"images": sources, "shape": list(keras_input.shape),
+                   "preprocessing": _preprocessing_name(family, torch_config)},
+        "outputs": outputs,
+        "tolerance": tolerance,
+        "within_tolerance": all(o["relative_difference"] <= tolerance for o in outputs),
+        "versions": _versions(keras),
+    }
+    if images and family in KERAS_APPLICATIONS:
+        report["inputs"]["ours_vs_keras_preprocessing"] = _our_preprocessing_difference(
+            torch_config, images, rows, cols, keras_input)
+    return report
+
+
+def import_keras():
+    """Keras, with torch's compiler imported first: TensorFlow loaded before it segfaults at the
+    first compile or optimizer step."""
+    import torch._dynamo  # noqa: F401
+
+    try:
+        import keras
+    except ImportError as error:  # Keras without its backend, say
+        raise KerasUnavailable(f"Keras cannot be imported ({error}); {KERAS_EXTRA}") from None
+    return keras
+
+
+def import_keras_cv():
+    if importlib.util.find_spec("keras_cv") is None:
+        raise KerasUnavailable(f"the file holds a KerasCV backbone and KerasCV is not installed; "
+                               f"{KERAS_CV_EXTRA}")
+    import keras_cv
+
+    return keras_cv
+
+
+def keras_application(keras, family: str, config: dict, input_shape: Optional[tuple]):
+    """The Keras model of `config` (random weights), logits rather than softmax, channels-last
+    `input_shape` (None: Keras' dynamic default)."""
+    builder = getattr(keras.applications, KERAS_APPLICATIONS[family])
+    kwargs = {k: config[k] for k in ("alpha", "include_top", "classes", "depth_multiplier",
+                                     "minimalistic") if k in config}
+    if kwargs.get("include_top"):
+        kwargs["classifier_activation"] = None
+    else:
+        kwargs.pop("classes", None)
+    return builder(weights=None, input_shape=input_shape, **kwargs)
+
+
+def _keras_model(keras, family: str, config: dict, layout: str, path: Path):
+    if layout in ("legacy_full_model_h5", "keras_archive"):
+        model = keras.models.load_model(path, compile=False)
+        _drop_softmax(keras, model)
+        return model
+    if family == "mobilenet_v3_backbone":
+        keras_cv = import_keras_cv()
+        if layout == "keras_cv_preset":
+            return keras_cv.models.MobileNetV3Backbone.from_preset(str(path))
+        kwargs = {k: config[k] for k in config if k.startswith("stackwise_")}
+        shape = _channels_last(config.get("input_shape")) or (None, None, 3)
+        model = keras_cv.models.MobileNetV3Backbone(
+            **kwargs, include_rescaling=config.get("include_rescaling", True),
+            input_shape=shape, alpha=config.get("alpha", 1.0))
+    else:
+        shape = _channels_last(config.get("input_shape"))
+        if shape is None and config.get("include_top") and family in ("mobilenet", "mobilenet_v2"):
+            shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)  # Keras needs a static size with this top
+        model = keras_application(keras, family, config, shape)
+    model.load_weights(str(path))
+    return model
+
+
+def _drop_softmax(keras, model) -> None:
+    """Logits, not probabilities: a softmax would hide differences in the logits."""
+    try:
+        predictions = model.get_layer("predictions")
+    except ValueError:
+        return
+    if getattr(predictions, "activation", None) is keras.activations.softmax:
+        predictions.activation = keras.activations.linear
+
+
+def _channels_last(shape) -> Optional[tuple]:
+    return None if not shape else (shape[1], shape[2], shape[0])
+
+
+def _input_size(keras_model, family: str, config: dict, size: Optional[tuple]) -> tuple:
+    """The size to run at: the model's static size, else `size`, else 224x224."""
+    static = tuple(keras_model.input_shape[1:3])
+    if None not in static:
+        if size is not None and tuple(size) != static:
+            raise ValueError(f"the model is built for {static[0]}x{static[1]} inputs; "
+                             f"--size {size[0]} {size[1]} does not fit it")
+        return static
+    return tuple(size) if size else (DEFAULT_SIZE, DEFAULT_SIZE)
+
+
+def _torch_config(keras, keras_model, config: dict) -> dict:
+    """Our builder's arguments for the model Keras runs: the same static shape (or dynamic), the
+    same preprocessing layers, logits."""
+    family = config["family"]
+    config = dict(config)
+    height, width, channels = keras_model.input_shape[1:]
+    config["input_shape"] = (channels, height, width) if height and width else (channels, None,
+                                                                                None)
+    rescales = any(isinstance(layer, keras.layers.Rescaling) for layer in keras_model.layers)
+    if family == "mobilenet_v3_backbone":
+        config["include_rescaling"] = rescales
+    elif family.startswith("mobilenet_v3"):
+        config["include_preprocessing"] = rescales
+    if config.get("include_top"):
+        config["classifier_activation"] = None
+    return config
+
+
+def _pixels(keras, images, rows: int, cols: int, seeded: int) -> tuple:
+    """NHWC float32 pixels in [0, 255] and where they come from: Keras' `load_img` (nearest
+    resize, RGB) and `img_to_array` of each image, or seeded smooth images."""
+    if images:
+        arrays = []
+        for image in images:
+            if not Path(image).is_file():
+                raise OSError(f"{image}: no such image file")
+            try:
+                loaded = keras.utils.load_img(str(image), target_size=(rows, cols))
+            except Exception as error:  # PIL's UnidentifiedImageError and the like
+                raise OSError(f"{image}: not a readable image ({error})") from error
+            arrays.append(keras.utils.img_to_array(loaded))
+        return np.stack(arrays).astype(np.float32), [str(i) for i in images]
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(0, 255, (seeded, rows // 16 + 1, cols // 16 + 1, 3))
+    smooth = np.repeat(np.repeat(coarse, 16, axis=1), 16, axis=2)[:, :rows, :cols]
+    noisy = np.round(smooth + rng.normal(0, 16, smooth.shape))
+    return np.clip(noisy, 0, 255).astype(np.float32), f"{seeded} seeded images"
+
+
+def _keras_preprocess(keras, family: str, torch_config: dict, pixels: np.ndarray) -> np.ndarray:
+    """What the model expects, by Keras' own functions."""
+    if family == "mobilenet_v3_backbone" and not torch_config["include_rescaling"]:
+        return pixels / np.float32(255)
+    module = _keras_preprocessing_module(family, torch_config)
+    if module is None:
+        return pixels
+    return np.asarray(getattr(keras.applications, module).preprocess_input(pixels.copy()),
+                      np.float32)
+
+
+def _keras_preprocessing_module(family: str, torch_config: dict) -> Optional[str]:
+    """The `keras.applications` module whose preprocess_input the model's input needs, if any."""
+    if family.startswith("mobilenet_v3") and family != "mobilenet_v3_backbone" and \
+            not torch_config.get("include_preprocessing", True):
+        return "mobilenet_v2"  # V3 without its rescaling layer takes [-1, 1]
+    return KERAS_PREPROCESSING.get(family)
+
+
+def _preprocessing_name(family: str, torch_config: dict) -> str:
+    if family == "mobilenet_v3_backbone":
+        return "none (the model rescales)" if torch_config["include_rescaling"] else \
+            "pixels / 255"
+    module = _keras_preprocessing_module(family, torch_config)
+    return f"keras.applications.{module}.preprocess_input" if module else \
+        "none (the model rescales)"
+
+
+def _our_preprocessing_difference(torch_config: dict, images, rows: int, cols: int,
+                                  keras_input: np.ndarray) -> float:
+    """max |KerasPreprocessing - Keras' pipeline| over the images: our presets, checked."""
+    preset = KerasPreprocessing.for_family(torch_config["family"], (rows, cols),
+                                           torch_config.get("include_preprocessing", True))
+    ours = torch.stack([preset(image) for image in images]).permute(0, 2, 3, 1).numpy()
+    return float(np.abs(ours - keras_input).max())
+
+
+def _outputs(keras, keras_model, torch_model, keras_input: np.ndarray, torch_input):
+    """(name, ours, Keras') NHWC numpy pairs: the model's output, and a backbone's P1..P5."""
+    with torch.inference_mode():
+        ours = {"output": torch_model(torch_input)}
+        if hasattr(torch_model, "forward_pyramid"):
+            ours.update(torch_model.forward_pyramid(torch_input))
+    names = ["output"]
+    keras_outputs = [keras_model.output]
+    levels = getattr(keras_model, "pyramid_level_inputs", None)
+    if levels and hasattr(torch_model, "forward_pyramid"):
+        names += list(levels)
+        keras_outputs += [keras_model.get_layer(levels[level]).output for level in levels]
+    runner = keras.Model(keras_model.inputs, keras_outputs)
+    theirs = runner(keras_input, training=False)
+    theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
+    output_name = "logits" if ours["output"].dim() == 2 and torch_model.config.get(
+        "include_top") else "features"
+    for name, expected in zip(names, theirs):
+        got = ours[name].numpy()
+        if got.ndim == 4:
+            got = got.transpose(0, 2, 3, 1)
+        yield (output_name if name == "output" else name), got, \
+            np.asarray(keras.ops.convert_to_numpy(expected), np.float32)
+
+
+def _compare(name: str, ours: np.ndarray, theirs: np.ndarray) -> dict:
+    if ours.shape != theirs.shape:
+        raise ValueError(f"output {name!r}: PyTorch gives shape {ours.shape}, Keras "
+                         f"{theirs.shape}")
+    difference = float(np.abs(ours - theirs).max())
+    result = {"output": name, "shape": list(ours.shape), "max_abs_difference": difference,
+              "relative_difference": difference / max(1.0, float(np.abs(theirs).max()))}
+    if name == "logits":
+        result["top1_agreement"] = float((ours.argmax(1) == theirs.argmax(1)).mean())
+        if ours.shape[1] >= 5:
+            top5 = np.argsort(-ours, axis=1)[:, :5], np.argsort(-theirs, axis=1)[:, :5]
+            result["top5_agreement"] = float((top5[0] == top5[1]).all(axis=1).mean())
+    return result
+
+
+def _versions(keras) -> dict:
+    versions = {"torch-mobilenets": __version__, "torch": torch.__version__,
+                "keras": keras.__version__, "keras backend": keras.backend.backend()}
+    for package in ("tensorflow", "keras-cv"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def format_report(report: dict) -> str:
+    inputs = report["inputs"]
+    images = inputs["images"] if isinstance(inputs["images"], str) else \
+        f"{len(inputs['images'])} images"
+    lines = [f"{report['file']}: {report['architecture']} ({report['layout']})",
+             f"inputs: {images}, NHWC {tuple(inputs['shape'])}, {inputs['preprocessing']}"]
+    if "ours_vs_keras_preprocessing" in inputs:
+        lines.append("our KerasPreprocessing vs Keras' pipeline: max |difference| "
+                     f"{inputs['ours_vs_keras_preprocessing']:.1e}")
+    header = f"{'output':10s} {'shape':22s} {'max abs':>9s} {'relative':>9s} {'top-1':>6s} " \
+             f"{'top-5':>6s}"
+    lines += ["", header, "-" * len(header)]
+    for o in report["outputs"]:
+        agreement = [f"{o[k]:6.0%}" if k in o else f"{'-':>6s}"
+                     for k in ("top1_agreement", "top5_agreement")]
+        lines.append(f"{o['output']:10s} {str(tuple(o['shape'])):22s} "
+                     f"{o['max_abs_difference']:9.2e} {o['relative_difference']:9.2e} "
+                     + " ".join(agreement))
+    verdict = "within" if report["within_tolerance"] else "OUTSIDE"
+    lines += ["", f"{verdict} the tolerance {report['tolerance']:g} (relative)",
+              "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    return "\n".join(lines)
