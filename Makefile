@@ -6,20 +6,31 @@ PY := $(VENV)/bin/python
 # the newest torch and its GPU packages.
 TORCH := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
+# The same without Keras or TensorFlow: the tests that need no reference framework.
+CORE_VENV := .venv-core
+CORE_STAMP := $(CORE_VENV)/.installed
+LINTED := torch_mobilenets convert tests benchmarks examples hubconf.py
 
-.PHONY: demo test test-full clean
+.PHONY: demo test test-full test-core lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lint]"
 	touch $(STAMP)
 
-# Offline: seeded Keras models in the official files' layout -> python -m convert -> PyTorch,
-# compared with Keras. `make demo WEIGHTS=path/to/official.h5` converts a real file instead.
+$(CORE_STAMP): pyproject.toml Makefile
+	test -x $(CORE_VENV)/bin/python || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_VENV)/bin/python -m pip install --quiet $(TORCH)
+	$(CORE_VENV)/bin/python -m pip install --quiet -e . pytest hypothesis
+	touch $(CORE_STAMP)
+
+# Offline: seeded Keras models in the official files' layout -> torch-mobilenets convert ->
+# PyTorch, compared with Keras. `make demo WEIGHTS=path/to/official.h5` converts a real file.
 demo: $(STAMP)
 	$(PY) -m convert.demo $(if $(WEIGHTS),--weights $(WEIGHTS))
 
+# The default suite: everything but the full official grid, the wheel test included.
 test: $(STAMP)
 	$(PY) -m pytest
 
@@ -27,5 +38,14 @@ test: $(STAMP)
 test-full: $(STAMP)
 	$(PY) -m pytest -m "full or not full"
 
+# The tests that need no Keras, in a venv without Keras or TensorFlow.
+test-core: $(CORE_STAMP)
+	$(CORE_VENV)/bin/python -m pytest -m "not keras and not wheel"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/ruff format --check $(LINTED)
+	$(VENV)/bin/mypy
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(CORE_VENV) .pytest_cache .mypy_cache .ruff_cache build dist

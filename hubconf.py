@@ -39,8 +39,9 @@ def _entry_point(family, entry):
             return _build_with_weights(builder, (), dict(kwargs, weights=weights), stacklevel=2)
 
     load.__name__ = load.__qualname__ = entry
-    load.__doc__ = (_HUB_NOTE.format(builder=builder.__name__, entry=entry)
-                    + _inspect.cleandoc(builder.__doc__ or ""))
+    load.__doc__ = _HUB_NOTE.format(builder=builder.__name__, entry=entry) + _inspect.cleandoc(
+        builder.__doc__ or ""
+    )
     return load
 
 
@@ -60,12 +61,16 @@ def _backbone_entry_point(builder, preset, entry):
     def load(weights=None, **overrides):
         if weights == "imagenet":
             return _tm.MobileNetV3Backbone.from_preset(f"{preset}_imagenet", **overrides)
-        return builder(**overrides) if weights is None else \
-            _tm.load_weights(builder(**overrides), weights)
+        return (
+            builder(**overrides)
+            if weights is None
+            else _tm.load_weights(builder(**overrides), weights)
+        )
 
     load.__name__ = load.__qualname__ = entry
-    load.__doc__ = (_BACKBONE_NOTE.format(builder=builder.__name__, entry=entry, preset=preset)
-                    + _inspect.cleandoc(_tm.MobileNetV3Backbone.__doc__ or ""))
+    load.__doc__ = _BACKBONE_NOTE.format(
+        builder=builder.__name__, entry=entry, preset=preset
+    ) + _inspect.cleandoc(_tm.MobileNetV3Backbone.__doc__ or "")
     return load
 
 
@@ -74,6 +79,8 @@ mobilenet_v2 = _entry_point("mobilenet_v2", "mobilenet_v2")
 mobilenet_v3_small = _entry_point("mobilenet_v3_small", "mobilenet_v3_small")
 mobilenet_v3_large = _entry_point("mobilenet_v3_large", "mobilenet_v3_large")
 mobilenet_v3_small_backbone = _backbone_entry_point(
-    _tm.MobileNetV3SmallBackbone, "mobilenet_v3_small", "mobilenet_v3_small_backbone")
+    _tm.MobileNetV3SmallBackbone, "mobilenet_v3_small", "mobilenet_v3_small_backbone"
+)
 mobilenet_v3_large_backbone = _backbone_entry_point(
-    _tm.MobileNetV3LargeBackbone, "mobilenet_v3_large", "mobilenet_v3_large_backbone")
+    _tm.MobileNetV3LargeBackbone, "mobilenet_v3_large", "mobilenet_v3_large_backbone"
+)

@@ -27,9 +27,6 @@ longer than the arithmetic.
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (torch and torch._dynamo before TensorFlow)
-import torch._dynamo  # noqa: F401
-
 import argparse
 import os
 import resource
@@ -39,6 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+import torch._dynamo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +55,12 @@ FAMILIES = {
 # activations stop costing a page fault per 4 KiB page; glibc reads them at process start.
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
 EAGER, OPTIMIZED, TORCHVISION, TIMM, KERAS = (
-    "ours eager", "ours optimized", "torchvision eager", "timm", "keras")
+    "ours eager",
+    "ours optimized",
+    "torchvision eager",
+    "timm",
+    "keras",
+)
 
 
 def calibrate(model: torch.nn.Module, size: int = 224) -> torch.nn.Module:
@@ -84,13 +89,19 @@ def contenders(family, batch, workdir):
     keras_kwargs, torchvision_name, timm_name = FAMILIES[family]
     keras_model = kr.build_keras(family, classifier_activation=None, **keras_kwargs)
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
-    ours = tm.FAMILIES[family](weights=weights, classifier_activation=None,
-                               **({"input_shape": (3, 224, 224)} if keras_kwargs else {})).eval()
+    ours = tm.FAMILIES[family](
+        weights=weights,
+        classifier_activation=None,
+        **({"input_shape": (3, 224, 224)} if keras_kwargs else {}),
+    ).eval()
     fast = tm.optimize_for_inference(ours)
 
     pixels = torch.rand(batch, 3, 224, 224) * 255
-    x = tm.mobilenet_v2.preprocess_input(pixels) if family in ("mobilenet", "mobilenet_v2") \
+    x = (
+        tm.mobilenet_v2.preprocess_input(pixels)
+        if family in ("mobilenet", "mobilenet_v2")
         else pixels
+    )
     x_last = x.contiguous(memory_format=torch.channels_last)
     x_keras = tf.constant(x.permute(0, 2, 3, 1).numpy())
     keras_call = tf.function(lambda t: keras_model(t, training=False))
@@ -154,8 +165,9 @@ def accelerator_rows(device, batch, dtypes, compile_models):
                 model = model.to(device=device, dtype=dtype, memory_format=torch.channels_last)
                 if compile_models:
                     model = torch.compile(model)
-                x = torch.rand(batch, 3, 224, 224, device=device, dtype=dtype) \
-                    .contiguous(memory_format=torch.channels_last)
+                x = torch.rand(batch, 3, 224, 224, device=device, dtype=dtype).contiguous(
+                    memory_format=torch.channels_last
+                )
                 rates[name] = images_per_second(model, x, device)
             rows.append((family, str(dtype).removeprefix("torch."), rates))
     return rows
@@ -180,8 +192,9 @@ def conversion_figures(workdir):
     from convert import keras_reference as kr
 
     keras_model = kr.build_keras("mobilenet_v2", input_shape=(224, 224, 3))
-    src = kr.write_keras_file(keras_model, workdir / "conversion", "keras2_h5",
-                              family="mobilenet_v2")
+    src = kr.write_keras_file(
+        keras_model, workdir / "conversion", "keras2_h5", family="mobilenet_v2"
+    )
     dst = workdir / "conversion" / "v2.safetensors"
     script = (
         "import time\n"
@@ -202,16 +215,22 @@ def conversion_figures(workdir):
         "loaded = time.perf_counter()\n"
         "print(done - start, loaded - before, peak)\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, check=True
+    ).stdout.split()
     convert_s, load_s, peak_mb = map(float, out[-3:])
     return convert_s, load_s, peak_mb, src.stat().st_size / 2**20
 
 
 def markdown_table(header, rows) -> list[str]:
     """A Markdown table with a blank line before and after."""
-    return ["", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
-            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows), ""]
+    return [
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+        "",
+    ]
 
 
 def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False):
@@ -226,32 +245,71 @@ def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False)
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm "
         f"{timm.__version__}, tensorflow {tf.__version__}; pinned to {threads} cores, "
         f"{threads} threads (TensorFlow: intra-op {threads}, inter-op 1); fp32 CPU, 224x224; "
-        "median ms per batch; glibc malloc " + (
+        "median ms per batch; glibc malloc "
+        + (
             "keeping freed memory (" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")"
-            if tuned_malloc else "as it comes") + ".",
+            if tuned_malloc
+            else "as it comes"
+        )
+        + ".",
     ]
     lines += markdown_table(
-        ["family", "batch", "ours eager", "ours optimized", "torchvision eager", "timm", "keras",
-         "eager / torchvision", "keras / optimized", "optimized error"],
-        [[family, batch, ms(times[EAGER]), ms(times[OPTIMIZED]), ms(times.get(TORCHVISION)),
-          ms(times[TIMM]), ms(times[KERAS]), ms(paired), f"{times[KERAS] / times[OPTIMIZED]:.2f}",
-          f"{error:.1e}"]
-         for (family, batch), (times, paired, error) in results.items()])
+        [
+            "family",
+            "batch",
+            "ours eager",
+            "ours optimized",
+            "torchvision eager",
+            "timm",
+            "keras",
+            "eager / torchvision",
+            "keras / optimized",
+            "optimized error",
+        ],
+        [
+            [
+                family,
+                batch,
+                ms(times[EAGER]),
+                ms(times[OPTIMIZED]),
+                ms(times.get(TORCHVISION)),
+                ms(times[TIMM]),
+                ms(times[KERAS]),
+                ms(paired),
+                f"{times[KERAS] / times[OPTIMIZED]:.2f}",
+                f"{error:.1e}",
+            ]
+            for (family, batch), (times, paired, error) in results.items()
+        ],
+    )
     if accelerator:
         name, batch, compiled, rows = accelerator
-        lines += [f"{name}, batch {batch}, channels-last"
-                  f"{', torch.compile' if compiled else ''}; images per second (higher is "
-                  "better)."]
+        lines += [
+            f"{name}, batch {batch}, channels-last"
+            f"{', torch.compile' if compiled else ''}; images per second (higher is "
+            "better)."
+        ]
         lines += markdown_table(
             ["family", "dtype", "ours optimized", "torchvision", "ours / torchvision"],
-            [[family, dtype, f"{rates[OPTIMIZED]:.0f}", f"{rates[TORCHVISION]:.0f}",
-              f"{rates[OPTIMIZED] / rates[TORCHVISION]:.2f}"] for family, dtype, rates in rows])
+            [
+                [
+                    family,
+                    dtype,
+                    f"{rates[OPTIMIZED]:.0f}",
+                    f"{rates[TORCHVISION]:.0f}",
+                    f"{rates[OPTIMIZED] / rates[TORCHVISION]:.2f}",
+                ]
+                for family, dtype, rates in rows
+            ],
+        )
     if conversion:
         convert_s, load_s, peak_mb, size_mb = conversion
-        lines += [f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha "
-                  f"1.0, 224, official layout): {convert_s * 1e3:.0f} ms, the converter's peak "
-                  f"memory {peak_mb:.0f} MiB (peak RSS growth of a fresh process during the "
-                  f"conversion); loading the .safetensors into a model: {load_s * 1e3:.0f} ms."]
+        lines += [
+            f"Converting an official-size MobileNetV2 file ({size_mb:.1f} MiB, alpha "
+            f"1.0, 224, official layout): {convert_s * 1e3:.0f} ms, the converter's peak "
+            f"memory {peak_mb:.0f} MiB (peak RSS growth of a fresh process during the "
+            f"conversion); loading the .safetensors into a model: {load_s * 1e3:.0f} ms."
+        ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -261,31 +319,41 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--accelerator", help="device for the images/second table "
-                        "(default: cuda when there is one)")
+    parser.add_argument(
+        "--accelerator", help="device for the images/second table (default: cuda when there is one)"
+    )
     parser.add_argument("--accelerator-batch", type=int, default=256)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float16", "bfloat16"])
-    parser.add_argument("--no-compile", action="store_true",
-                        help="leave torch.compile out of the accelerator table")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="leave torch.compile out of the accelerator table"
+    )
     parser.add_argument("--no-conversion", action="store_true")
-    parser.add_argument("--tuned-malloc", action="store_true",
-                        help="run with glibc keeping freed memory (" +
-                        " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")")
+    parser.add_argument(
+        "--tuned-malloc",
+        action="store_true",
+        help="run with glibc keeping freed memory ("
+        + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items())
+        + ")",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if args.tuned_malloc and any(os.environ.get(k) != v for k, v in TUNED_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, __file__, *(argv or sys.argv[1:])],
-                  {**os.environ, **TUNED_MALLOC})
+        os.execve(
+            sys.executable,
+            [sys.executable, __file__, *(argv or sys.argv[1:])],
+            {**os.environ, **TUNED_MALLOC},
+        )
     if args.out is None:
-        args.out = ROOT / "benchmarks" / \
-            ("results-tuned-malloc.md" if args.tuned_malloc else "results.md")
+        args.out = (
+            ROOT / "benchmarks" / ("results-tuned-malloc.md" if args.tuned_malloc else "results.md")
+        )
 
     import tensorflow as tf
 
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < args.threads:
         parser.error(f"--threads {args.threads}: this process may use only {len(cores)} cores")
-    os.sched_setaffinity(0, cores[:args.threads])
+    os.sched_setaffinity(0, cores[: args.threads])
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -296,9 +364,12 @@ def main(argv=None):
             for batch in args.batches:
                 results[family, batch] = time_family(family, batch, args.rounds, Path(tmp))
                 times, paired, _ = results[family, batch]
-                print(f"{family:20s} batch {batch:3d}  " +
-                      "  ".join(f"{k} {v:7.2f}" for k, v in times.items()) +
-                      (f"  eager/torchvision {paired:.2f}" if paired else ""), flush=True)
+                print(
+                    f"{family:20s} batch {batch:3d}  "
+                    + "  ".join(f"{k} {v:7.2f}" for k, v in times.items())
+                    + (f"  eager/torchvision {paired:.2f}" if paired else ""),
+                    flush=True,
+                )
         conversion = None if args.no_conversion else conversion_figures(Path(tmp))
 
     accelerator = None
@@ -307,14 +378,19 @@ def main(argv=None):
         device = torch.device(device)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)
         dtypes = [getattr(torch, d) for d in args.dtypes]
-        accelerator = (name, args.accelerator_batch, not args.no_compile,
-                       accelerator_rows(device, args.accelerator_batch, dtypes,
-                                        not args.no_compile))
+        accelerator = (
+            name,
+            args.accelerator_batch,
+            not args.no_compile,
+            accelerator_rows(device, args.accelerator_batch, dtypes, not args.no_compile),
+        )
     table = markdown(results, args.threads, conversion, accelerator, args.tuned_malloc)
     print("\n" + table)
     args.out.write_text(table)
-    print(f"written to {args.out}; peak RSS of this process "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"written to {args.out}; peak RSS of this process "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

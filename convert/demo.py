@@ -9,9 +9,6 @@ Prints one row per model: the file, max |logit difference| against Keras, and to
 
 from __future__ import annotations
 
-import torch  # noqa: F401  (torch and torch._dynamo before TensorFlow)
-import torch._dynamo  # noqa: F401
-
 import argparse
 import os
 import subprocess
@@ -20,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch._dynamo
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
 
@@ -62,24 +61,27 @@ def compare(family, keras_model, torch_model, x):
 
 def convert_with_cli(src: Path) -> Path:
     dst = OUTPUT / (src.stem + ".safetensors")
-    result = subprocess.run([sys.executable, "-m", "convert", str(src), str(dst), "--force"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "convert", str(src), str(dst), "--force"],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         raise SystemExit(f"python -m convert {src} {dst} failed:\n{result.stderr}")
     return dst
 
 
 def seeded_rows():
-    from convert import keras_reference as kr
-
     import torch_mobilenets as tm
+    from convert import keras_reference as kr
 
     for family, kwargs in MODELS:
         keras_model = kr.build_keras(family, seed=0, classifier_activation=None, **kwargs)
         src = kr.write_keras_file(keras_model, OUTPUT, "keras2_h5", family=family)
         dst = convert_with_cli(src)
-        torch_model = tm.FAMILIES[family](weights=dst, classifier_activation=None,
-                                          **_channels_first(kwargs))
+        torch_model = tm.FAMILIES[family](
+            weights=dst, classifier_activation=None, **_channels_first(kwargs)
+        )
         yield family, src.name, compare(family, keras_model, torch_model, images())
 
 
@@ -94,16 +96,20 @@ def official_rows(path: Path):
     dst = convert_with_cli(path)
     family = config.pop("family")
     config.pop("input_shape", None)
-    keras_builder = {"mobilenet": keras.applications.MobileNet,
-                     "mobilenet_v2": keras.applications.MobileNetV2,
-                     "mobilenet_v3_small": keras.applications.MobileNetV3Small,
-                     "mobilenet_v3_large": keras.applications.MobileNetV3Large}[family]
+    keras_builder = {
+        "mobilenet": keras.applications.MobileNet,
+        "mobilenet_v2": keras.applications.MobileNetV2,
+        "mobilenet_v3_small": keras.applications.MobileNetV3Small,
+        "mobilenet_v3_large": keras.applications.MobileNetV3Large,
+    }[family]
     shape = (224, 224, 3) if family in ("mobilenet", "mobilenet_v2") else None
-    keras_model = keras_builder(weights=None, input_shape=shape, classifier_activation=None,
-                                **config)
+    keras_model = keras_builder(
+        weights=None, input_shape=shape, classifier_activation=None, **config
+    )
     keras_model.load_weights(path)
-    torch_model = tm.FAMILIES[family](weights=dst, classifier_activation=None,
-                                      **_channels_first(dict(config, input_shape=shape)))
+    torch_model = tm.FAMILIES[family](
+        weights=dst, classifier_activation=None, **_channels_first(dict(config, input_shape=shape))
+    )
     yield family, path.name, compare(family, keras_model, torch_model, images())
 
 
@@ -123,8 +129,10 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    print(f"torch {torch.__version__}, keras {keras.__version__}, tensorflow {tf.__version__}; "
-          f"{IMAGES} seeded 224x224 images; files in {OUTPUT}/\n")
+    print(
+        f"torch {torch.__version__}, keras {keras.__version__}, tensorflow {tf.__version__}; "
+        f"{IMAGES} seeded 224x224 images; files in {OUTPUT}/\n"
+    )
     header = f"{'model':20s} {'file':42s} {'max |dlogit|':>12s} {'relative':>9s} {'top-1':>6s}"
     print(header)
     print("-" * len(header))
@@ -133,8 +141,10 @@ def main(argv=None) -> int:
     worst = 0.0
     for family, name, (difference, relative, agreement) in rows:
         worst = max(worst, relative)
-        print(f"{family:20s} {name:42s} {difference:12.2e} {relative:9.2e} {agreement:6.0%}",
-              flush=True)
+        print(
+            f"{family:20s} {name:42s} {difference:12.2e} {relative:9.2e} {agreement:6.0%}",
+            flush=True,
+        )
     print(f"\nworst relative difference {worst:.2e} (tolerance 1e-4), {time.time() - start:.0f} s")
     return 0 if worst <= 1e-4 else 1
 

@@ -14,10 +14,11 @@ import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import h5py  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras.src.legacy.saving import legacy_h5_format  # noqa: E402
+import h5py
+import keras
+import numpy as np
+from keras.src.legacy.saving import legacy_h5_format
+
 
 def keras_cv_backbone(weights=None, **kwargs):
     """KerasCV's MobileNetV3Backbone (imported on first use: keras_cv is slow to import)."""
@@ -134,7 +135,9 @@ def _fit_to_input(layer, x, is_classifier):
         # calibration batch must not be amplified 100x on other inputs.
         var = var + 0.1 * var.mean()
         moving_mean = mean + np.sqrt(var) * mean_draw
-        layer.set_weights([gamma, beta, moving_mean.astype(np.float32), (var * var_draw).astype(np.float32)])
+        layer.set_weights(
+            [gamma, beta, moving_mean.astype(np.float32), (var * var_draw).astype(np.float32)]
+        )
     elif hasattr(layer, "squeeze_conv"):
         # KerasCV's nested squeeze-excite: scale each conv to its own input, as below.
         pooled = x.mean(axis=(1, 2), dtype=np.float64)
@@ -142,7 +145,9 @@ def _fit_to_input(layer, x, is_classifier):
         kernel = kernel / np.sqrt(np.mean(pooled**2))
         squeezed = np.maximum(pooled @ kernel.reshape(pooled.shape[1], -1) + bias, 0)
         excite_kernel = excite_kernel / np.sqrt(np.mean(squeezed**2) + 1e-12)
-        layer.set_weights([w.astype(np.float32) for w in (kernel, bias, excite_kernel, excite_bias)])
+        layer.set_weights(
+            [w.astype(np.float32) for w in (kernel, bias, excite_kernel, excite_bias)]
+        )
     elif any(w.name == "bias" for w in layer.weights):
         kernel, bias = layer.get_weights()
         if is_classifier:
@@ -168,9 +173,7 @@ def legacy_weights(model):
     """(layer, [variables]) for each weighted layer, in the order the legacy .h5 files use
     (model.layers order; within a layer trainable then non-trainable)."""
     return [
-        (layer, legacy_h5_format._legacy_weights(layer))
-        for layer in model.layers
-        if layer.weights
+        (layer, legacy_h5_format._legacy_weights(layer)) for layer in model.layers if layer.weights
     ]
 
 
@@ -284,7 +287,9 @@ def write_keras_file(model, directory, layout, *, chunk_layer_names=False, famil
         suffix = ".keras2_chunked.h5"
     path = directory / f"{model.name}{suffix}"
     if layout == "keras2_h5":
-        write_keras2_h5(model, path, family or guess_family(model), chunk_layer_names=chunk_layer_names)
+        write_keras2_h5(
+            model, path, family or guess_family(model), chunk_layer_names=chunk_layer_names
+        )
     elif layout == "keras3_h5":
         # Keras 3's save_weights refuses plain ".h5", but its legacy writer (the one
         # model.save("x.h5") uses for the model_weights group) is still there.
@@ -320,7 +325,9 @@ def assert_same_weights(a, b):
         assert x.shape == y.shape and np.array_equal(x, y), f"weight #{i} differs"
 
 
-def check_keras_loads(family, path, reference, *, seed_for_other=1, into=None, load_model=False, **kwargs):
+def check_keras_loads(
+    family, path, reference, *, seed_for_other=1, into=None, load_model=False, **kwargs
+):
     """Prove `path` is a real Keras file holding `reference`'s weights; return the loaded model.
 
     Loads `path` with model.load_weights into a model of the same config holding other

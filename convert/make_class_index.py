@@ -51,10 +51,7 @@ KERAS_MD5 = "c2c37ea517e94d9795004a39431a14cb"
 CORRECTIONS: dict[str, str] = {}
 
 DEFAULT_OUT = (
-    Path(__file__).resolve().parents[1]
-    / "torch_mobilenets"
-    / "data"
-    / "imagenet_class_index.json"
+    Path(__file__).resolve().parents[1] / "torch_mobilenets" / "data" / "imagenet_class_index.json"
 )
 
 
@@ -63,9 +60,16 @@ def download_timm_wheel(dest: Path) -> Path:
     dest = Path(dest)
     subprocess.run(
         [
-            sys.executable, "-m", "pip", "download",
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-            f"timm=={TIMM_VERSION}", "-d", str(dest),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            f"timm=={TIMM_VERSION}",
+            "-d",
+            str(dest),
         ],
         check=True,
     )

@@ -33,17 +33,30 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", type=Path, help="an ImageFolder directory")
     source.add_argument("--synthetic", type=int, metavar="N", help="N random images instead")
-    parser.add_argument("--model", default="mobilenet_v3_small",
-                        choices=["mobilenet", "mobilenet_v2", "mobilenet_v3_small",
-                                 "mobilenet_v3_large"])
-    parser.add_argument("--weights", default=None,
-                        help='"imagenet", a Keras file or a .safetensors (default: random)')
+    parser.add_argument(
+        "--model",
+        default="mobilenet_v3_small",
+        choices=["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help='"imagenet", a Keras file or a .safetensors (default: random)',
+    )
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--classes", type=int, default=None,
-                        help="the new number of classes (default: the ImageFolder's)")
-    parser.add_argument("--freeze-up-to", default=None, metavar="LAYER",
-                        help="Keras layer name: it and everything before it stay fixed")
+    parser.add_argument(
+        "--classes",
+        type=int,
+        default=None,
+        help="the new number of classes (default: the ImageFolder's)",
+    )
+    parser.add_argument(
+        "--freeze-up-to",
+        default=None,
+        metavar="LAYER",
+        help="Keras layer name: it and everything before it stay fixed",
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="stop each epoch after N steps")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -63,16 +76,23 @@ def dataset(args, family):
     import torchvision.transforms.v2 as T
     from torchvision.datasets import ImageFolder
 
-    transform = T.Compose([T.PILToTensor(), T.Resize((args.size, args.size)),
-                           T.RandomHorizontalFlip(), T.ToDtype(torch.float32),
-                           T.Lambda(lambda x: preprocess(family, x))])
+    transform = T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize((args.size, args.size)),
+            T.RandomHorizontalFlip(),
+            T.ToDtype(torch.float32),
+            T.Lambda(lambda x: preprocess(family, x)),
+        ]
+    )
     folder = ImageFolder(args.data, transform=transform)
     return folder, args.classes or len(folder.classes)
 
 
 def preprocess(family, pixels):
-    module = {"mobilenet": tm.mobilenet_v1, "mobilenet_v2": tm.mobilenet_v2}.get(family,
-                                                                               tm.mobilenet_v3)
+    module = {"mobilenet": tm.mobilenet_v1, "mobilenet_v2": tm.mobilenet_v2}.get(
+        family, tm.mobilenet_v3
+    )
     return module.preprocess_input(pixels)
 
 
@@ -109,12 +129,20 @@ def main(argv=None) -> int:
     trained = model
     if distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     sampler = DistributedSampler(data, shuffle=True) if distributed else None
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=sampler is None,
-                        sampler=sampler, num_workers=args.workers, drop_last=True)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad],
-                                lr=args.lr, momentum=0.9)
+    loader = DataLoader(
+        data,
+        batch_size=args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=args.workers,
+        drop_last=True,
+    )
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, momentum=0.9
+    )
     if rank == 0:
         args.output.mkdir(parents=True, exist_ok=True)
 

@@ -2,12 +2,10 @@
 
 torch and torch._dynamo are imported before anything loads TensorFlow (see helpers.py)."""
 
-import torch  # noqa: F401
-import torch._dynamo  # noqa: F401
-
-import pytest
-
 import helpers
+import pytest
+import torch
+import torch._dynamo
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +44,8 @@ def pytest_terminal_summary(terminalreporter):
     import tensorflow as tf
 
     terminalreporter.section("parity against Keras (worst relative logit error per family)")
-    terminalreporter.write_line(f"keras {keras.__version__}, tensorflow {tf.__version__}, "
-                                f"torch {torch.__version__}")
+    terminalreporter.write_line(
+        f"keras {keras.__version__}, tensorflow {tf.__version__}, torch {torch.__version__}"
+    )
     for family, (error, case) in sorted(helpers.worst.items()):
         terminalreporter.write_line(f"{family:20s} {error:.2e}  ({case})")

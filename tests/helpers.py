@@ -9,21 +9,22 @@ loaded first, the first lazy import of torch._dynamo (an optimizer step, torch.c
 segfaults.
 """
 
-import torch  # noqa: F401
-import torch._dynamo  # noqa: F401
-
 import functools
 import importlib.util
 from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
+import torch._dynamo
 
 import torch_mobilenets as tm
 
 HAVE_KERAS = all(importlib.util.find_spec(name) is not None for name in ("keras", "tensorflow"))
-KERAS_REASON = ("needs Keras on TensorFlow, the reference: pip install "
-                "'torch-mobilenets[keras]' (or run `make test`)")
+KERAS_REASON = (
+    "needs Keras on TensorFlow, the reference: pip install "
+    "'torch-mobilenets[keras]' (or run `make test`)"
+)
 
 # max |logit difference| / max(1, max |Keras logit|)
 PARITY_TOLERANCE = 1e-4
@@ -77,8 +78,10 @@ def keras_preprocess(family, x, scaled_input=False):
     keras_reference()
     import keras
 
-    module = {"mobilenet": keras.applications.mobilenet,
-              "mobilenet_v2": keras.applications.mobilenet_v2}.get(family)
+    module = {
+        "mobilenet": keras.applications.mobilenet,
+        "mobilenet_v2": keras.applications.mobilenet_v2,
+    }.get(family)
     if module is None and scaled_input:
         module = keras.applications.mobilenet_v2
     return module.preprocess_input(x.copy()) if module else x
@@ -99,19 +102,20 @@ def keras_model(family, seed=0, **kwargs):
     return _keras_model(family, seed, **kwargs)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _keras_model(family, seed, **kwargs):
     return keras_reference().build_keras(family, seed=seed, **kwargs)
 
 
-def assert_parity(family, keras_model_, torch_model, height, width, case="", seed=0,
-                  record=True):
+def assert_parity(family, keras_model_, torch_model, height, width, case="", seed=0, record=True):
     """Same images through both (each framework's own preprocess_input); checks the relative
     error against PARITY_TOLERANCE and top-1 agreement; returns the error. `record` adds it to
     the worst-error summary (not for comparisons that are meant to fail)."""
     x = pixels(height, width, seed=seed)
     scaled_input = torch_model.config.get("include_preprocessing") is False
-    expected = keras_reference().keras_predict(keras_model_, keras_preprocess(family, x, scaled_input))
+    expected = keras_reference().keras_predict(
+        keras_model_, keras_preprocess(family, x, scaled_input)
+    )
     preprocess = PREPROCESS["mobilenet_v2" if scaled_input else family]
     torch_input = preprocess(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
     with torch.no_grad():

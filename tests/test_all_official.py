@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import keras_model
+from weights_server import WeightsServer
+
 from torch_mobilenets.cli import main
 from torch_mobilenets.pretrained import registry
-from weights_server import WeightsServer
 
 ROOT = Path(__file__).resolve().parent.parent
 # Registry order: 160, 128, 96. The seeded 0.35 model stands in for all three (V2 weights do not
@@ -27,18 +27,30 @@ def command(out_dir, names, *extra):
 
 
 def test_all_official_resumes_reports_and_skips(tmp_path, weights_file):
-    data = weights_file("mobilenet_v2", keras_model("mobilenet_v2", input_shape=(96, 96, 3),
-                                                   alpha=0.35), "keras2_h5").read_bytes()
+    data = weights_file(
+        "mobilenet_v2",
+        keras_model("mobilenet_v2", input_shape=(96, 96, 3), alpha=0.35),
+        "keras2_h5",
+    ).read_bytes()
     out = tmp_path / "official"
     with WeightsServer() as server:
         paths = [server.serve(c.subdir, c.file_name, data) for c in ENTRIES]
-        env = dict(os.environ, no_proxy="127.0.0.1", PYTHONPATH=str(ROOT),
-                   **{registry.BASE_URL_ENV: server.base_url})
+        env = dict(
+            os.environ,
+            no_proxy="127.0.0.1",
+            PYTHONPATH=str(ROOT),
+            **{registry.BASE_URL_ENV: server.base_url},
+        )
 
         # 1. Interrupted in the middle of the first download.
         server.delay = 0.05
-        first = subprocess.Popen(command(out, NAMES, "--no-parity"), cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = subprocess.Popen(
+            command(out, NAMES, "--no-parity"),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         assert server.first_block_sent.wait(timeout=120)
         first.kill()
         first.wait(timeout=30)
@@ -49,8 +61,9 @@ def test_all_official_resumes_reports_and_skips(tmp_path, weights_file):
         # 2. Run again: the partial is discarded and fetched anew, two checkpoints are converted
         # and compared with Keras, the third fails its checksum and is reported.
         server.delay = 0
-        second = subprocess.run(command(out, NAMES), cwd=ROOT, env=env, capture_output=True,
-                                text=True, timeout=300)
+        second = subprocess.run(
+            command(out, NAMES), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert second.returncode == 4, second.stdout + second.stderr
         lines = second.stdout.splitlines()
         assert lines[0].startswith(f"[1/3] {NAMES[0]}: converted") and "vs Keras" in lines[0]
@@ -66,28 +79,36 @@ def test_all_official_resumes_reports_and_skips(tmp_path, weights_file):
             report = json.loads((out / "parity" / f"{stem}.json").read_text())
             assert report["checkpoint"] == entry.name and report["compared"] == "logits"
             assert report["within_tolerance"] and report["top1_agreement"] == 1.0
-            assert report["max_abs_difference"] < 1e-3 and report["input"] == [4, entry.rows,
-                                                                               entry.rows, 3]
+            assert report["max_abs_difference"] < 1e-3 and report["input"] == [
+                4,
+                entry.rows,
+                entry.rows,
+                3,
+            ]
         summary = (out / "parity.md").read_text()
         assert NAMES[0] in summary and NAMES[1] in summary and NAMES[2] not in summary
         seen = json.loads((out / "keras" / "sha256_seen.json").read_text())
         assert set(seen) == {ENTRIES[0].file_name, ENTRIES[1].file_name}
 
         # 3. Finished checkpoints are skipped: nothing fetched, nothing recomputed.
-        third = subprocess.run(command(out, NAMES[:2]), cwd=ROOT, env=env, capture_output=True,
-                               text=True, timeout=300)
+        third = subprocess.run(
+            command(out, NAMES[:2]), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
         assert third.returncode == 0, third.stdout + third.stderr
         assert third.stdout.count("done already, skipped") == 2
         assert [server.requests[p] for p in paths] == [2, 1, 1]
 
 
-@pytest.mark.parametrize("argv,message", [
-    ([], "the following arguments are required: src, dst"),
-    (["in.h5"], "the following arguments are required: dst"),
-    (["--all-official", "out", "in.h5"], "takes no src"),
-    (["--all-official", "out", "--alpha", "1.0"], "takes no --alpha"),
-    (["in.h5", "out.safetensors", "--only", "x"], "--only and --parity go with --all-official"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([], "the following arguments are required: src, dst"),
+        (["in.h5"], "the following arguments are required: dst"),
+        (["--all-official", "out", "in.h5"], "takes no src"),
+        (["--all-official", "out", "--alpha", "1.0"], "takes no --alpha"),
+        (["in.h5", "out.safetensors", "--only", "x"], "--only and --parity go with --all-official"),
+    ],
+)
 def test_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["convert", *argv])

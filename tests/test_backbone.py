@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import PARITY_TOLERANCE, keras_model, keras_reference, pixels, torch_kwargs, worst
 
 import torch_mobilenets as tm
-from helpers import PARITY_TOLERANCE, keras_model, keras_reference, pixels, torch_kwargs, worst
 from torch_mobilenets import conversion
 from torch_mobilenets.keras_io.pairing import weighted_layers
 from torch_mobilenets.models.mobilenet_v3_backbone import PRESETS
@@ -31,8 +31,10 @@ def keras_backbone(**kwargs):
 
 
 def keras_pyramid(backbone, x):
-    outputs = {level: backbone.get_layer(name).output
-               for level, name in backbone.pyramid_level_inputs.items()}
+    outputs = {
+        level: backbone.get_layer(name).output
+        for level, name in backbone.pyramid_level_inputs.items()
+    }
     outputs["final"] = backbone.output
     values = keras.Model(backbone.input, outputs)(x, training=False)
     return {k: np.asarray(v) for k, v in values.items()}
@@ -52,7 +54,9 @@ def assert_backbone_parity(keras, ours, height, width, case):
     for level, value in got.items():
         value = value.transpose(0, 2, 3, 1)
         assert value.shape == expected[level].shape, f"{case} {level}"
-        error = float(np.abs(value - expected[level]).max() / max(1.0, np.abs(expected[level]).max()))
+        error = float(
+            np.abs(value - expected[level]).max() / max(1.0, np.abs(expected[level]).max())
+        )
         if error > worst[FAMILY][0]:
             worst[FAMILY] = (error, f"{case} {level} at {height}x{width}")
         assert error <= PARITY_TOLERANCE, f"{case} {level}: relative error {error:.3g}"
@@ -60,11 +64,17 @@ def assert_backbone_parity(keras, ours, height, width, case):
 
 CASES = [
     ("small", dict(SMALL, include_rescaling=True), [(96, 96), (97, 131)]),
-    ("small-alpha0.75-static-odd", dict(SMALL, include_rescaling=False, alpha=0.75,
-                                         input_shape=(97, 131, 3)), None),
+    (
+        "small-alpha0.75-static-odd",
+        dict(SMALL, include_rescaling=False, alpha=0.75, input_shape=(97, 131, 3)),
+        None,
+    ),
     ("large", dict(LARGE, include_rescaling=False), [(97, 97), (128, 96)]),
-    ("large-alpha1.25-static", dict(LARGE, include_rescaling=True, alpha=1.25,
-                                    input_shape=(129, 129, 3)), None),
+    (
+        "large-alpha1.25-static",
+        dict(LARGE, include_rescaling=True, alpha=1.25, input_shape=(129, 129, 3)),
+        None,
+    ),
 ]
 
 
@@ -91,8 +101,12 @@ def test_names_and_pyramid_follow_keras_cv():
     assert ours.pyramid_level_inputs == expected
     large = tm.MobileNetV3Backbone(**LARGE, include_rescaling=True)
     assert large.pyramid_level_inputs == {
-        "P1": "expanded_conv_Add", "P2": "expanded_conv_2_Add", "P3": "expanded_conv_5_Add",
-        "P4": "expanded_conv_11_Add", "P5": "expanded_conv_14_Add"}
+        "P1": "expanded_conv_Add",
+        "P2": "expanded_conv_2_Add",
+        "P3": "expanded_conv_5_Add",
+        "P4": "expanded_conv_11_Add",
+        "P5": "expanded_conv_14_Add",
+    }
 
 
 @pytest.mark.parametrize("layout", ["weights_h5", "keras3_h5", "keras_zip"])
@@ -145,8 +159,11 @@ def test_from_preset_name_reads_the_local_preset_directory(preset_folder, monkey
 
 def test_from_preset_errors_and_aliases(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_MOBILENETS_KERAS_CV_PRESETS", str(tmp_path))
-    with pytest.raises(ValueError, match=r"weights of preset 'mobilenet_v3_small_imagenet' are "
-                                         r"not available locally.*kaggle://"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights of preset 'mobilenet_v3_small_imagenet' are "
+        r"not available locally.*kaggle://",
+    ):
         tm.MobileNetV3Backbone.from_preset("mobilenet_v3_small_imagenet")
     with pytest.raises(ValueError, match="does not include weights"):
         tm.MobileNetV3Backbone.from_preset("mobilenet_v3_small", load_weights=True)
@@ -157,4 +174,9 @@ def test_from_preset_errors_and_aliases(tmp_path, monkeypatch):
     small = tm.MobileNetV3SmallBackbone(include_rescaling=False)
     assert small.config["include_rescaling"] is False and small.name == "mobile_net_v3_backbone"
     with torch.no_grad():
-        assert tm.MobileNetV3LargeBackbone().eval()(torch.rand(1, 3, 64, 64)).shape == (1, 960, 2, 2)
+        assert tm.MobileNetV3LargeBackbone().eval()(torch.rand(1, 3, 64, 64)).shape == (
+            1,
+            960,
+            2,
+            2,
+        )

@@ -12,10 +12,34 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_script_writes_every_table(tmp_path):
     out = tmp_path / "results.md"
     subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--families", "mobilenet_v3_small", "mobilenet",
-         "--batches", "2", "--rounds", "1", "--accelerator", "cpu", "--accelerator-batch", "2",
-         "--dtypes", "float32", "bfloat16", "--no-compile", "--tuned-malloc", "--out", str(out)],
-        cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "benchmarks/run.py",
+            "--families",
+            "mobilenet_v3_small",
+            "mobilenet",
+            "--batches",
+            "2",
+            "--rounds",
+            "1",
+            "--accelerator",
+            "cpu",
+            "--accelerator-batch",
+            "2",
+            "--dtypes",
+            "float32",
+            "bfloat16",
+            "--no-compile",
+            "--tuned-malloc",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     text = out.read_text()
     assert "pinned to 2 cores, 2 threads" in text
     # --tuned-malloc restarts the script with glibc's settings in its environment
@@ -32,7 +56,12 @@ def test_benchmark_script_writes_every_table(tmp_path):
             assert cells[4] == "-" and cells[7] == "-"  # torchvision has no MobileNet V1
         else:
             assert float(cells[4]) > 0 and 0 < float(cells[7]) < 10
-    images = [r for r in text.splitlines() if re.match(r"\| mobilenet\w* \| (float32|bfloat16) \|", r)]
+    images = [
+        r for r in text.splitlines() if re.match(r"\| mobilenet\w* \| (float32|bfloat16) \|", r)
+    ]
     assert len(images) == 6 and "cpu, batch 2, channels-last; images per second" in text
-    assert re.search(r"Converting an official-size MobileNetV2 file \(1\d\.\d MiB.*: \d+ ms, "
-                     r"the converter's peak memory \d+ MiB", text)
+    assert re.search(
+        r"Converting an official-size MobileNetV2 file \(1\d\.\d MiB.*: \d+ ms, "
+        r"the converter's peak memory \d+ MiB",
+        text,
+    )

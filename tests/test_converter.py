@@ -9,13 +9,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import keras_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from helpers import keras_model
-from torch_mobilenets import conversion
-from torch_mobilenets import WeightsFileError
+from torch_mobilenets import WeightsFileError, conversion
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)
@@ -36,8 +35,12 @@ def legacy_file(keras_v2, weights_file, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "convert", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "convert", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def layer_names(f):
@@ -99,10 +102,13 @@ def test_existing_output_is_kept_without_force(legacy_file, tmp_path):
     assert out.read_bytes() != b"keep me"
 
 
-@pytest.mark.parametrize("content,message", [
-    (b"", "the file is empty"),
-    (b"not a weights file at all", "neither HDF5 nor a .keras zip archive"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b"", "the file is empty"),
+        (b"not a weights file at all", "neither HDF5 nor a .keras zip archive"),
+    ],
+)
 def test_unreadable_input_is_one_clear_line(tmp_path, content, message):
     bad = tmp_path / "bad.h5"
     bad.write_bytes(content)
@@ -135,9 +141,11 @@ def test_a_missing_layer_is_named(legacy_file):
     with pytest.raises(WeightsFileError) as error:
         conversion.load_weights(model, legacy_file)
     message = str(error.value)
-    assert message.startswith(f"{legacy_file}: the file has no weights for layer "
-                              "'block_16_project_BN' (BatchNormalization, expected shapes "
-                              "[(112,), (112,), (112,), (112,)])")
+    assert message.startswith(
+        f"{legacy_file}: the file has no weights for layer "
+        "'block_16_project_BN' (BatchNormalization, expected shapes "
+        "[(112,), (112,), (112,), (112,)])"
+    )
     for key, value in model.state_dict().items():  # untouched
         assert torch.equal(value, before[key]), key
 
@@ -153,8 +161,11 @@ def test_a_wrong_shape_names_the_layer_and_both_shapes(legacy_file):
         del f["block_3_depthwise/block_3_depthwise/depthwise_kernel:0"]
         f["block_3_depthwise/block_3_depthwise/depthwise_kernel:0"] = np.zeros((3, 3, 48, 2), "f")
     model = tm.MobileNetV2(weights=None, alpha=0.35, input_shape=(3, 96, 96))
-    with pytest.raises(WeightsFileError, match=r"'block_3_depthwise'.*expected shapes "
-                                               r"\[\(3, 3, 48, 1\)\], the file has \[\(3, 3, 48, 2\)\]"):
+    with pytest.raises(
+        WeightsFileError,
+        match=r"'block_3_depthwise'.*expected shapes "
+        r"\[\(3, 3, 48, 1\)\], the file has \[\(3, 3, 48, 2\)\]",
+    ):
         conversion.load_weights(model, legacy_file)
 
 
@@ -169,7 +180,9 @@ def test_safetensors_checks_family_and_shapes(legacy_file, tmp_path):
     conversion.convert(legacy_file, out)
     with pytest.raises(WeightsFileError, match="holds weights for mobilenet_v2.*not for model"):
         tm.MobileNet(weights=out)
-    with pytest.raises(WeightsFileError, match=r"'Conv1'.*\(16, 3, 3, 3\).*expects \(32, 3, 3, 3\)"):
+    with pytest.raises(
+        WeightsFileError, match=r"'Conv1'.*\(16, 3, 3, 3\).*expects \(32, 3, 3, 3\)"
+    ):
         tm.MobileNetV2(weights=out, alpha=1.0)
     with pytest.raises(WeightsFileError, match=r"missing \['Conv1.weight'"):
         state, _ = conversion.read_safetensors(out)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import keras_model
+from weights_server import WeightsServer, closed_port_url
 
 import torch_mobilenets as tm
-from helpers import keras_model
 from torch_mobilenets.pretrained import download, registry
 from torch_mobilenets.pretrained.download import ChecksumError, DownloadError
-from weights_server import WeightsServer, closed_port_url
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = "mobilenet_v2"
@@ -87,8 +87,9 @@ def test_imagenet_downloads_records_converts_and_caches(server, hub, keras_file,
         model = tm.MobileNetV2(weights="imagenet", **MODEL_ARGS)
     assert server.requests[path] == 1
     assert_same_state(model.state_dict(), reference_state)
-    assert sorted(kept_files(hub)) == sorted([TOFU.file_name, TOFU.converted_name,
-                                              download.SEEN_HASHES_FILE])
+    assert sorted(kept_files(hub)) == sorted(
+        [TOFU.file_name, TOFU.converted_name, download.SEEN_HASHES_FILE]
+    )
     assert (hub / TOFU.file_name).read_bytes() == data
     # No published checksum: the sha256 seen is recorded, and a warning says it was not
     # verified, pointing at the caller's line rather than inside the package.
@@ -122,8 +123,9 @@ def test_imagenet_downloads_records_converts_and_caches(server, hub, keras_file,
 def test_checksum_mismatch_is_an_error_and_the_file_is_discarded(server, hub, keras_file):
     data = keras_file.read_bytes()
     # The registry entry, with the real hash of the file it should be: the check is not vacuous.
-    entry = dataclasses.replace(TOFU, hash_algorithm="sha256", file_hash=sha256(data),
-                                hash_status="published")
+    entry = dataclasses.replace(
+        TOFU, hash_algorithm="sha256", file_hash=sha256(data), hash_status="published"
+    )
     path = server.serve(entry.subdir, entry.file_name, data, mode="corrupt")
     with pytest.raises(ChecksumError) as error:
         download.converted_checkpoint(entry)
@@ -149,8 +151,9 @@ def test_registry_md5_is_checked_for_v3(server, hub, keras_file):
 
 def test_cached_file_with_wrong_bytes_is_fetched_again(server, hub, keras_file):
     data = keras_file.read_bytes()
-    entry = dataclasses.replace(TOFU, hash_algorithm="sha256", file_hash=sha256(data),
-                                hash_status="published")
+    entry = dataclasses.replace(
+        TOFU, hash_algorithm="sha256", file_hash=sha256(data), hash_status="published"
+    )
     path = server.serve(entry.subdir, entry.file_name, data)
     hub.mkdir(parents=True)
     (hub / entry.file_name).write_bytes(data[:-10])
@@ -168,10 +171,13 @@ def test_local_file_in_the_cache_is_used_offline(hub, monkeypatch, keras_file, r
     assert_same_state(model.state_dict(), reference_state)
 
 
-@pytest.mark.parametrize("mode,message", [
-    ("truncate", r"the transfer ended after \d+ of \d+ bytes"),
-    ("error", "HTTP 500"),
-])
+@pytest.mark.parametrize(
+    "mode,message",
+    [
+        ("truncate", r"the transfer ended after \d+ of \d+ bytes"),
+        ("error", "HTTP 500"),
+    ],
+)
 def test_broken_transfers_fail_and_keep_nothing(server, hub, keras_file, mode, message):
     server.serve(TOFU.subdir, TOFU.file_name, keras_file.read_bytes(), mode=mode)
     with pytest.raises(DownloadError, match=message) as error:
@@ -196,8 +202,12 @@ def test_offline_fails_fast_naming_the_url_and_the_local_alternative(hub, monkey
 
 def test_progress_bar_on_request_only(server, hub, keras_file, capsys):
     server.serve(TOFU.subdir, TOFU.file_name, keras_file.read_bytes())
-    entry = dataclasses.replace(TOFU, hash_algorithm="sha256",
-                                file_hash=sha256(keras_file.read_bytes()), hash_status="published")
+    entry = dataclasses.replace(
+        TOFU,
+        hash_algorithm="sha256",
+        file_hash=sha256(keras_file.read_bytes()),
+        hash_status="published",
+    )
     download.download(entry, progress=False)
     assert "Downloading" not in capsys.readouterr().err
     (hub / entry.file_name).unlink()
@@ -220,17 +230,27 @@ def test_two_processes_loading_at_once_download_once(server, hub, keras_file, re
     path = server.serve(TOFU.subdir, TOFU.file_name, keras_file.read_bytes())
     server.delay = 0.03  # about 3 s for the file: both processes ask while it is under way
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    loaders = [subprocess.Popen([sys.executable, "-c", LOADER], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for _ in range(2)]
+    loaders = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOADER],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outputs = [loader.communicate(timeout=120) for loader in loaders]
     for loader, (out, err) in zip(loaders, outputs):
         assert loader.returncode == 0, err
     starts, digests = zip(*(out.split() for out, _ in outputs))
     assert server.requests[path] == 1
     assert max(float(s) for s in starts) < server.finished_at[path]
-    expected = hashlib.sha256(b"".join(reference_state[k].numpy().tobytes()
-                                       for k in reference_state)).hexdigest()
+    expected = hashlib.sha256(
+        b"".join(reference_state[k].numpy().tobytes() for k in reference_state)
+    ).hexdigest()
     assert digests == (expected, expected)
-    assert sorted(kept_files(hub)) == sorted([TOFU.file_name, TOFU.converted_name,
-                                              download.SEEN_HASHES_FILE])
+    assert sorted(kept_files(hub)) == sorted(
+        [TOFU.file_name, TOFU.converted_name, download.SEEN_HASHES_FILE]
+    )

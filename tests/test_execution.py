@@ -5,10 +5,10 @@ import random
 
 import pytest
 import torch
+from helpers import trained_like
 from torch.profiler import profile
 
 import torch_mobilenets as tm
-from helpers import trained_like
 from torch_mobilenets.nn import layers
 from torch_mobilenets.nn.graph import How, KerasModel, _plan
 
@@ -32,8 +32,8 @@ def naive_outputs(model, x):
     """Every layer's output, calling each layer as the graph says, with no plan rewrites."""
     values = {0: x}
     for node in model.nodes():
-        values[node.index] = node.layer(*(values[i].clone() for i in node.inputs))
-    return {node.name: values[node.index] for node in model.nodes()}
+        values[node.number] = node.layer(*(values[i].clone() for i in node.inputs))
+    return {node.name: values[node.number] for node in model.nodes()}
 
 
 @pytest.mark.parametrize("builder,kwargs", BUILDERS, ids=IDS)
@@ -57,8 +57,8 @@ def test_plan_computes_every_layer_as_the_graph_says(builder, kwargs, grad):
         torch.testing.assert_close(out, expected[model.layer_names[-1]], rtol=1e-5, atol=1e-4)
         assert set(got) == set(names)
         for name in names:
-            torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-4,
-                                       msg=lambda m: f"{name}: {m}")
+            message = f"{name}: {{}}".format
+            torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-4, msg=message)
 
 
 @pytest.mark.parametrize("builder,kwargs", BUILDERS[:3], ids=IDS[:3])
@@ -122,9 +122,15 @@ def test_batchnorm_in_place_is_bit_for_bit_the_same(layout):
     assert not torch.equal(bn.running_mean, before)
 
 
-@pytest.mark.parametrize("builder,size", [
-    (tm.MobileNet, (3, 224, 224)), (tm.MobileNetV2, (3, 67, 96)),
-    (tm.MobileNetV3Small, None), (tm.MobileNetV3Large, None)])
+@pytest.mark.parametrize(
+    "builder,size",
+    [
+        (tm.MobileNet, (3, 224, 224)),
+        (tm.MobileNetV2, (3, 67, 96)),
+        (tm.MobileNetV3Small, None),
+        (tm.MobileNetV3Large, None),
+    ],
+)
 @pytest.mark.parametrize("spatial", [(64, 64), (67, 95)], ids=["even", "odd"])
 def test_no_padded_copy_of_an_activation(builder, size, spatial):
     """Keras' asymmetric stride-2 padding costs no copy of the feature map: the only tensors
@@ -138,7 +144,9 @@ def test_no_padded_copy_of_an_activation(builder, size, spatial):
     padded = [e.input_shapes[0] for e in trace.events() if e.name == "aten::constant_pad_nd"]
     assert padded, "the stride-2 layers were expected to grow their kernels"
     assert all(shape[0] != 5 for shape in padded), padded
-    copies = [e.input_shapes[0] for e in trace.events()
-              if e.name == "aten::copy_" and e.input_shapes[0][:1] == [5]
-              and len(e.input_shapes[0]) == 4]
+    copies = [
+        e.input_shapes[0]
+        for e in trace.events()
+        if e.name == "aten::copy_" and e.input_shapes[0][:1] == [5] and len(e.input_shapes[0]) == 4
+    ]
     assert copies == [[5, 3, *spatial]], "one copy only: the input, made channels-last"

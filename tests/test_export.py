@@ -3,10 +3,10 @@ onnxruntime, torch.compile, channels-last; static and dynamic spatial sizes."""
 
 import pytest
 import torch
+from helpers import trained_like
 from torch.export import Dim
 
 import torch_mobilenets as tm
-from helpers import trained_like
 
 FAMILIES = [
     ("mobilenet", dict(include_top=False, pooling="avg", alpha=0.5)),
@@ -64,9 +64,14 @@ def test_onnx_through_onnxruntime(family, kwargs, tmp_path):
             close(torch.from_numpy(got), model(x))
 
 
-@pytest.mark.parametrize("family,kwargs", [
-    pytest.param(*case, marks=() if case[0] == "mobilenet_v3_small" else pytest.mark.full)
-    for case in FAMILIES], ids=[f for f, _ in FAMILIES])
+@pytest.mark.parametrize(
+    "family,kwargs",
+    [
+        pytest.param(*case, marks=() if case[0] == "mobilenet_v3_small" else pytest.mark.full)
+        for case in FAMILIES
+    ],
+    ids=[f for f, _ in FAMILIES],
+)
 def test_torch_compile_dynamic_and_channels_last(family, kwargs):
     """Compilation takes tens of seconds per family on two cores: one family by default, all
     in `make test-full`."""

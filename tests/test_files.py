@@ -7,9 +7,9 @@ architecture, checks what the converter inferred, and compares the converted mod
 import itertools
 
 import pytest
+from helpers import assert_parity, keras_model, keras_reference, torch_kwargs
 
 import torch_mobilenets as tm
-from helpers import assert_parity, keras_model, keras_reference, torch_kwargs
 from torch_mobilenets import conversion
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
@@ -17,10 +17,14 @@ kr = keras_reference()  # skips this module, with the reason, without Keras
 pytestmark = pytest.mark.keras
 
 LAYOUT_CASES = [
-    ("mobilenet", dict(input_shape=(128, 128, 3), alpha=0.25, depth_multiplier=2,
-                       classifier_activation=None)),
-    ("mobilenet_v2", dict(input_shape=(97, 131, 3), alpha=0.35, classes=12,
-                          classifier_activation=None)),
+    (
+        "mobilenet",
+        dict(input_shape=(128, 128, 3), alpha=0.25, depth_multiplier=2, classifier_activation=None),
+    ),
+    (
+        "mobilenet_v2",
+        dict(input_shape=(97, 131, 3), alpha=0.35, classes=12, classifier_activation=None),
+    ),
     ("mobilenet_v3_small", dict(alpha=0.75, classifier_activation=None)),
     ("mobilenet_v3_large", dict(minimalistic=True, include_top=False)),
 ]
@@ -28,8 +32,11 @@ LAYOUTS = [(layout, False) for layout in kr.LAYOUTS] + [("keras2_h5", True)]
 
 
 def expected_config(family, kwargs):
-    config = {"family": family, "alpha": kwargs.get("alpha", 1.0),
-              "include_top": kwargs.get("include_top", True)}
+    config = {
+        "family": family,
+        "alpha": kwargs.get("alpha", 1.0),
+        "include_top": kwargs.get("include_top", True),
+    }
     if config["include_top"]:
         config["classes"] = kwargs.get("classes", 1000)
     if family == "mobilenet":
@@ -54,8 +61,9 @@ def convert_and_check(family, kwargs, path, tmp_path, size):
 
 @pytest.mark.parametrize("layout,chunked", LAYOUTS, ids=lambda v: str(v))
 @pytest.mark.parametrize("family,kwargs", LAYOUT_CASES, ids=[c[0] for c in LAYOUT_CASES])
-def test_every_layout_converts_to_the_same_model(family, kwargs, layout, chunked, weights_file,
-                                                 tmp_path):
+def test_every_layout_converts_to_the_same_model(
+    family, kwargs, layout, chunked, weights_file, tmp_path
+):
     keras = keras_model(family, **kwargs)
     path = weights_file(family, keras, layout, chunk_layer_names=chunked)
     size = kwargs.get("input_shape", (97, 130))[:2]
@@ -78,23 +86,36 @@ def test_written_files_are_real_keras_files(weights_file):
 
 # The official Keras ImageNet checkpoints: (family, alpha, rows, minimalistic).
 OFFICIAL = (
-    [("mobilenet", a, r, False) for a, r in itertools.product((0.25, 0.5, 0.75, 1.0),
-                                                               (128, 160, 192, 224))]
-    + [("mobilenet_v2", a, r, False) for a, r in itertools.product((0.35, 0.5, 0.75, 1.0),
-                                                                  (96, 128, 160, 192, 224))]
+    [
+        ("mobilenet", a, r, False)
+        for a, r in itertools.product((0.25, 0.5, 0.75, 1.0), (128, 160, 192, 224))
+    ]
+    + [
+        ("mobilenet_v2", a, r, False)
+        for a, r in itertools.product((0.35, 0.5, 0.75, 1.0), (96, 128, 160, 192, 224))
+    ]
     + [("mobilenet_v2", 1.3, 224, False), ("mobilenet_v2", 1.4, 224, False)]
-    + [(f"mobilenet_v3_{t}", a, 224, m) for t in ("small", "large")
-       for a, m in ((0.75, False), (1.0, False), (1.0, True))]
+    + [
+        (f"mobilenet_v3_{t}", a, 224, m)
+        for t in ("small", "large")
+        for a, m in ((0.75, False), (1.0, False), (1.0, True))
+    ]
 )
 # The default suite runs a spread of them (every family, both tops, smallest and widest);
 # `make test-full` runs all 88.
 DEFAULT_OFFICIAL = {
-    ("mobilenet", 0.25, 128, False, True), ("mobilenet", 1.0, 224, False, False),
-    ("mobilenet", 0.75, 160, False, True), ("mobilenet_v2", 0.35, 96, False, True),
-    ("mobilenet_v2", 1.4, 224, False, True), ("mobilenet_v2", 1.3, 224, False, False),
-    ("mobilenet_v2", 0.5, 192, False, False), ("mobilenet_v3_small", 1.0, 224, False, True),
-    ("mobilenet_v3_small", 0.75, 224, False, False), ("mobilenet_v3_small", 1.0, 224, True, True),
-    ("mobilenet_v3_large", 1.0, 224, False, True), ("mobilenet_v3_large", 0.75, 224, False, True),
+    ("mobilenet", 0.25, 128, False, True),
+    ("mobilenet", 1.0, 224, False, False),
+    ("mobilenet", 0.75, 160, False, True),
+    ("mobilenet_v2", 0.35, 96, False, True),
+    ("mobilenet_v2", 1.4, 224, False, True),
+    ("mobilenet_v2", 1.3, 224, False, False),
+    ("mobilenet_v2", 0.5, 192, False, False),
+    ("mobilenet_v3_small", 1.0, 224, False, True),
+    ("mobilenet_v3_small", 0.75, 224, False, False),
+    ("mobilenet_v3_small", 1.0, 224, True, True),
+    ("mobilenet_v3_large", 1.0, 224, False, True),
+    ("mobilenet_v3_large", 0.75, 224, False, True),
     ("mobilenet_v3_large", 1.0, 224, True, False),
 }
 
@@ -104,8 +125,10 @@ def _official_params():
         for top in (True, False):
             marks = () if case + (top,) in DEFAULT_OFFICIAL else (pytest.mark.full,)
             family, alpha, rows, minimalistic = case
-            name = f"{family}-{alpha}-{rows}{'-minimalistic' if minimalistic else ''}" \
-                   f"{'' if top else '-no_top'}"
+            name = (
+                f"{family}-{alpha}-{rows}{'-minimalistic' if minimalistic else ''}"
+                f"{'' if top else '-no_top'}"
+            )
             yield pytest.param(family, alpha, rows, minimalistic, top, marks=marks, id=name)
 
 

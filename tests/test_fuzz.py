@@ -26,12 +26,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import keras_model, keras_reference
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from helpers import keras_model, keras_reference
-from torch_mobilenets import conversion
-from torch_mobilenets import WeightsFileError
+from torch_mobilenets import WeightsFileError, conversion
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
 
@@ -52,8 +51,14 @@ SCALE = int(os.environ.get("TORCH_MOBILENETS_FUZZ_SCALE", "1"))
 
 
 def fuzz_settings(examples):
-    return settings(max_examples=examples * SCALE, deadline=None, derandomize=SCALE == 1,
-                    database=None, suppress_health_check=list(HealthCheck), print_blob=True)
+    return settings(
+        max_examples=examples * SCALE,
+        deadline=None,
+        derandomize=SCALE == 1,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 class Original:
@@ -80,9 +85,13 @@ def _raw_ranges(data: bytes) -> list:
     if data.startswith(b"PK"):
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             info = archive.getinfo("model.weights.h5")
-            header = data[info.header_offset:info.header_offset + 30]
-            base = info.header_offset + 30 + int.from_bytes(header[26:28], "little") \
+            header = data[info.header_offset : info.header_offset + 30]
+            base = (
+                info.header_offset
+                + 30
+                + int.from_bytes(header[26:28], "little")
                 + int.from_bytes(header[28:30], "little")
+            )
             data = archive.read(info)
     ranges = []
 
@@ -106,8 +115,7 @@ def _complement(ranges: list, size: int) -> list:
 
 
 # -------------------------------------------------------------------------------- outcomes
-def convert_outcome(data: bytes, suffix: str, workdir: Path, allow_nonfinite=False,
-                    record=True):
+def convert_outcome(data: bytes, suffix: str, workdir: Path, allow_nonfinite=False, record=True):
     """Convert `data` in a fresh folder: the checkpoint's state dict, or None after a clean
     error. Anything else fails the test. `record`: count the outcome in hypothesis' statistics
     (only inside a test)."""
@@ -123,7 +131,7 @@ def convert_outcome(data: bytes, suffix: str, workdir: Path, allow_nonfinite=Fal
             message = str(error)
             assert message.startswith(f"{src}: ") and "\n" not in message, message
             assert [p.name for p in case.iterdir()] == [src.name]  # no output, no temporary
-            note(f"refused: {_kind(message[len(str(src)) + 2:])}")
+            note(f"refused: {_kind(message[len(str(src)) + 2 :])}")
             return None
         assert sorted(p.name for p in case.iterdir()) == sorted([src.name, dst.name])
         state, recorded = conversion.read_safetensors(dst, allow_nonfinite=allow_nonfinite)
@@ -157,8 +165,10 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def originals(weights_file, workdir):
     model = keras_model(FAMILY, **KWARGS)
-    return {layout: Original(layout, weights_file(FAMILY, model, layout), workdir)
-            for layout in kr.LAYOUTS}
+    return {
+        layout: Original(layout, weights_file(FAMILY, model, layout), workdir)
+        for layout in kr.LAYOUTS
+    }
 
 
 # ------------------------------------------------------------------------------ byte level
@@ -169,9 +179,14 @@ def test_flipped_bytes_convert_or_fail_cleanly(originals, workdir, data):
     # Mostly in the structure (headers, B-trees, zip records), where damage is most varied.
     anywhere = st.integers(0, len(original.data) - 1)
     in_metadata = st.integers(0, original.metadata_size - 1).map(original.metadata_offset)
-    flips = data.draw(st.lists(st.tuples(st.one_of(in_metadata, in_metadata, anywhere),
-                                         st.integers(1, 255)), min_size=1, max_size=6),
-                      label="flips")
+    flips = data.draw(
+        st.lists(
+            st.tuples(st.one_of(in_metadata, in_metadata, anywhere), st.integers(1, 255)),
+            min_size=1,
+            max_size=6,
+        ),
+        label="flips",
+    )
     mutated = bytearray(original.data)
     for offset, mask in flips:
         mutated[offset] ^= mask
@@ -183,8 +198,12 @@ def test_flipped_bytes_convert_or_fail_cleanly(originals, workdir, data):
 def test_truncated_files_always_fail_cleanly(originals, workdir, data):
     original = originals[data.draw(st.sampled_from(kr.LAYOUTS), label="layout")]
     size = len(original.data)
-    cut = data.draw(st.one_of(st.integers(0, 4096), st.integers(size - 4096, size - 1),
-                              st.integers(0, size - 1)), label="cut")
+    cut = data.draw(
+        st.one_of(
+            st.integers(0, 4096), st.integers(size - 4096, size - 1), st.integers(0, size - 1)
+        ),
+        label="cut",
+    )
     assert convert_outcome(original.data[:cut], original.suffix, workdir) is None
 
 
@@ -251,10 +270,15 @@ def _edited(data: bytes, edit) -> bytes:
 
 
 @fuzz_settings(6)
-@given(layout=st.sampled_from(kr.LAYOUTS), rng=st.randoms(use_true_random=False),
-       recode=st.booleans(), big_endian=st.booleans())
-def test_reordered_recoded_files_convert_to_the_same_weights(originals, workdir, layout, rng,
-                                                            recode, big_endian):
+@given(
+    layout=st.sampled_from(kr.LAYOUTS),
+    rng=st.randoms(use_true_random=False),
+    recode=st.booleans(),
+    big_endian=st.booleans(),
+)
+def test_reordered_recoded_files_convert_to_the_same_weights(
+    originals, workdir, layout, rng, recode, big_endian
+):
     """Groups created in another order (so laid out elsewhere), strings in the other encoding,
     floats big-endian: the same file to Keras, so the same checkpoint."""
     original = originals[layout]
@@ -266,10 +290,14 @@ def test_reordered_recoded_files_convert_to_the_same_weights(originals, workdir,
 # Text h5py can store: no lone surrogates, no NUL.
 TEXT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=16)
 GARBAGE = st.one_of(
-    st.integers(-2**31, 2**31 - 1), st.floats(), TEXT,
+    st.integers(-(2**31), 2**31 - 1),
+    st.floats(),
+    TEXT,
     st.lists(TEXT, max_size=5).map(lambda v: np.array([s.encode() for s in v])),
-    st.just(np.zeros((2, 3))), st.just(np.array([], dtype="f8")),
-    st.just(np.array([b"\xff\xfe"])))
+    st.just(np.zeros((2, 3))),
+    st.just(np.array([], dtype="f8")),
+    st.just(np.array([b"\xff\xfe"])),
+)
 
 
 def _text(value) -> str:
@@ -278,8 +306,10 @@ def _text(value) -> str:
 
 def _list_edit(names: list, data) -> list:
     """A plausible damage to a list of names: drop, duplicate, swap, rename, cut, reverse."""
-    op = data.draw(st.sampled_from(["drop", "duplicate", "swap", "rename", "cut", "reverse"]),
-                   label="list edit")
+    op = data.draw(
+        st.sampled_from(["drop", "duplicate", "swap", "rename", "cut", "reverse"]),
+        label="list edit",
+    )
     names = list(names)
     i = data.draw(st.integers(0, len(names) - 1), label="index")
     j = data.draw(st.integers(0, len(names) - 1), label="other index")
@@ -290,8 +320,9 @@ def _list_edit(names: list, data) -> list:
     elif op == "swap":
         names[i], names[j] = names[j], names[i]
     elif op == "rename":
-        names[i] = data.draw(st.sampled_from([names[j], names[i] + "_x", "", "/", "."]) | TEXT,
-                             label="new name")
+        names[i] = data.draw(
+            st.sampled_from([names[j], names[i] + "_x", "", "/", "."]) | TEXT, label="new name"
+        )
     elif op == "cut":
         names = names[:i]
     else:
@@ -303,9 +334,10 @@ def _edit_legacy_attrs(f: h5py.File, data):
     root = f["model_weights"] if "model_weights" in f else f
     layer_names = [_text(n) for n in root.attrs["layer_names"]]
     weighted = [n for n in layer_names if len(root[n].attrs["weight_names"])]
-    target, attr = data.draw(st.sampled_from(
-        [(root, "layer_names")] +
-        [(root[n], "weight_names") for n in weighted]), label="attribute")
+    target, attr = data.draw(
+        st.sampled_from([(root, "layer_names")] + [(root[n], "weight_names") for n in weighted]),
+        label="attribute",
+    )
     if data.draw(st.booleans(), label="garbage"):
         target.attrs[attr] = data.draw(GARBAGE, label="value")
         return
@@ -317,11 +349,15 @@ def _edit_legacy_attrs(f: h5py.File, data):
 def _edit_keras3(f: h5py.File, data):
     layers = f["layers"]
     group = layers[data.draw(st.sampled_from(sorted(layers)), label="layer group")]
-    op = data.draw(st.sampled_from(["rename group", "drop var", "name attr", "vars to dataset",
-                                    "add var"]), label="edit")
+    op = data.draw(
+        st.sampled_from(["rename group", "drop var", "name attr", "vars to dataset", "add var"]),
+        label="edit",
+    )
     if op == "rename group":
-        new = data.draw(st.sampled_from(["dense", "conv2d_999", "batch_normalization_x", "zz"]),
-                        label="new name")
+        new = data.draw(
+            st.sampled_from(["dense", "conv2d_999", "batch_normalization_x", "zz"]),
+            label="new name",
+        )
         if new not in layers:
             layers.move(group.name.rsplit("/", 1)[1], new)
     elif op == "drop var" and "vars" in group and len(group["vars"]):
@@ -338,8 +374,10 @@ def _edit_keras3(f: h5py.File, data):
 @fuzz_settings(20)  # refusals here mostly go through the whole architecture search
 @given(data=st.data())
 def test_changed_attributes_and_groups_convert_or_fail_cleanly(originals, workdir, data):
-    layout = data.draw(st.sampled_from(["keras2_h5", "keras3_h5", "full_model_h5", "weights_h5",
-                                        "keras_zip"]), label="layout")
+    layout = data.draw(
+        st.sampled_from(["keras2_h5", "keras3_h5", "full_model_h5", "weights_h5", "keras_zip"]),
+        label="layout",
+    )
     original = originals[layout]
     edit = _edit_legacy_attrs if layout in LEGACY_LAYOUTS else _edit_keras3
     mutated = _mutate(original, lambda hdf5: _edited(hdf5, lambda f: edit(f, data)))
@@ -352,9 +390,26 @@ def _dataset_paths(f: h5py.File) -> list:
     return sorted(p for p in paths if "/" in p)  # weights, not top-level bookkeeping
 
 
-DATASET_EDITS = ["float16", "float64", "int32", "uint8", "bytes", "compound", "scalar",
-                 "empty", "extra axis", "drop axis", "NaN", "Inf", "huge", "group",
-                 "soft link", "external link", "chunked", "fletcher32"]
+DATASET_EDITS = [
+    "float16",
+    "float64",
+    "int32",
+    "uint8",
+    "bytes",
+    "compound",
+    "scalar",
+    "empty",
+    "extra axis",
+    "drop axis",
+    "NaN",
+    "Inf",
+    "huge",
+    "group",
+    "soft link",
+    "external link",
+    "chunked",
+    "fletcher32",
+]
 # Edits after which the file must still convert, to the original weights where nothing changed.
 HARMLESS = {"fletcher32": True, "chunked": True, "huge": False}
 

@@ -22,11 +22,11 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import keras_model
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from helpers import keras_model
 from torch_mobilenets import WeightsFileError, conversion
 from torch_mobilenets.cli import convert as convert_command
 from torch_mobilenets.cli import main as cli_main
@@ -36,6 +36,7 @@ from torch_mobilenets.keras_io import atomic, checkpoints, reader
 def main(argv):
     """`torch-mobilenets convert ...`, in this process."""
     return cli_main(["convert", *argv])
+
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = "mobilenet_v2"
@@ -152,6 +153,7 @@ def _dtype(dtype):
         with h5py.File(path, "r") as f:
             data = f[KERNEL][()]
         replace_dataset(path, KERNEL, lambda g, n: g.create_dataset(n, data=data.astype(dtype)))
+
     return mutate
 
 
@@ -166,6 +168,7 @@ def _object_references(path):
     def make(group, leaf):
         references = group.create_dataset(leaf, (4,), dtype=h5py.ref_dtype)
         references[0] = group.file["Conv1"].ref
+
     replace_dataset(path, GAMMA, make)
 
 
@@ -181,13 +184,17 @@ def _external_link(path):
     other = path.with_name("other.h5")
     with h5py.File(other, "w") as f:
         f["x"] = np.ones((3, 3, 3, 16), np.float32)
-    replace_dataset(path, KERNEL,
-                    lambda g, n: g.__setitem__(n, h5py.ExternalLink(other.name, "/x")))
+    replace_dataset(
+        path, KERNEL, lambda g, n: g.__setitem__(n, h5py.ExternalLink(other.name, "/x"))
+    )
 
 
 def _soft_link(path):
-    replace_dataset(path, KERNEL, lambda g, n: g.__setitem__(
-        n, h5py.SoftLink("/block_1_project/block_1_project/kernel:0")))
+    replace_dataset(
+        path,
+        KERNEL,
+        lambda g, n: g.__setitem__(n, h5py.SoftLink("/block_1_project/block_1_project/kernel:0")),
+    )
 
 
 def _linked_layer_group(path):
@@ -206,14 +213,20 @@ def _virtual(path):
         layout = h5py.VirtualLayout(shape=(3, 3, 3, 16), dtype="f4")
         layout[...] = h5py.VirtualSource(other.name, "x", shape=(3, 3, 3, 16))
         group.create_virtual_dataset(leaf, layout)
+
     replace_dataset(path, KERNEL, make)
 
 
 def _external_storage(path):
     raw = path.with_name("raw.bin")
     raw.write_bytes(np.ones((3, 3, 3, 16), np.float32).tobytes())
-    replace_dataset(path, KERNEL, lambda g, n: g.create_dataset(
-        n, shape=(3, 3, 3, 16), dtype="f4", external=[(raw.name, 0, h5py.h5f.UNLIMITED)]))
+    replace_dataset(
+        path,
+        KERNEL,
+        lambda g, n: g.create_dataset(
+            n, shape=(3, 3, 3, 16), dtype="f4", external=[(raw.name, 0, h5py.h5f.UNLIMITED)]
+        ),
+    )
 
 
 def _compressed(path):
@@ -239,19 +252,40 @@ BAD_INPUTS = [
     ("a layer missing", "keras2_h5", _drop_layer, "fits the file's", {"family": "mobilenet_v2"}),
     ("an extra layer", "keras2_h5", _extra_layer, "fits the file's", {}),
     ("a wrong shape", "keras2_h5", _wrong_shape, "fits the file's", {"alpha": 0.35}),
-    ("the wrong family", "keras2_h5", lambda path: None, "{'family': 'mobilenet'} fits",
-     {"family": "mobilenet"}),
-    ("float64", "keras2_h5", _dtype(np.float64),
-     "'Conv1/kernel:0': '/Conv1/Conv1/kernel:0' holds float64; weights must be float32", {}),
+    (
+        "the wrong family",
+        "keras2_h5",
+        lambda path: None,
+        "{'family': 'mobilenet'} fits",
+        {"family": "mobilenet"},
+    ),
+    (
+        "float64",
+        "keras2_h5",
+        _dtype(np.float64),
+        "'Conv1/kernel:0': '/Conv1/Conv1/kernel:0' holds float64; weights must be float32",
+        {},
+    ),
     ("float16", "keras2_h5", _dtype(np.float16), "holds float16; weights must be float32", {}),
     ("int32", "keras2_h5", _dtype(np.int32), "holds int32; weights must be float32", {}),
     ("compound", "keras2_h5", _compound, "weights must be float32", {}),
     ("object references", "keras2_h5", _object_references, "weights must be float32", {}),
-    ("NaN", "keras2_h5", _nan, "layer 'bn_Conv1', variable 'gamma' holds 1 NaN and 0 infinite "
-                               "values; pass allow_nonfinite=True", {}),
+    (
+        "NaN",
+        "keras2_h5",
+        _nan,
+        "layer 'bn_Conv1', variable 'gamma' holds 1 NaN and 0 infinite "
+        "values; pass allow_nonfinite=True",
+        {},
+    ),
     ("Inf", "keras2_h5", _inf, "holds 0 NaN and 1 infinite values", {}),
-    ("external link", "keras2_h5", _external_link,
-     "'/Conv1/Conv1/kernel:0' is an external link; links are refused, not followed", {}),
+    (
+        "external link",
+        "keras2_h5",
+        _external_link,
+        "'/Conv1/Conv1/kernel:0' is an external link; links are refused, not followed",
+        {},
+    ),
     ("soft link", "keras2_h5", _soft_link, "is a soft link; links are refused", {}),
     ("linked layer group", "keras2_h5", _linked_layer_group, "'/Conv1' is a soft link", {}),
     ("virtual dataset", "keras2_h5", _virtual, "is a virtual dataset", {}),
@@ -261,10 +295,12 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("name,layout,mutate,message,known", BAD_INPUTS,
-                         ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_is_one_line_exit_3_and_no_output(name, layout, mutate, message, known,
-                                                    copy_of, out_dir, capsys):
+@pytest.mark.parametrize(
+    "name,layout,mutate,message,known", BAD_INPUTS, ids=[case[0] for case in BAD_INPUTS]
+)
+def test_bad_input_is_one_line_exit_3_and_no_output(
+    name, layout, mutate, message, known, copy_of, out_dir, capsys
+):
     src = copy_of(layout)
     mutate(src)
     dst = out_dir / "out.safetensors"
@@ -272,8 +308,9 @@ def test_bad_input_is_one_line_exit_3_and_no_output(name, layout, mutate, messag
     code, stdout, stderr = run_main(capsys, src, dst, *options)
     assert code == 3, stderr
     assert stdout == "" and stderr.count("\n") == 1, stderr
-    assert stderr.startswith(f"torch-mobilenets convert: error: {src}: ") and message in stderr, \
+    assert stderr.startswith(f"torch-mobilenets convert: error: {src}: ") and message in stderr, (
         stderr
+    )
     assert list(out_dir.iterdir()) == []  # no output, no temporary file
     # The library raises the very message, and leaves a model it fails to load untouched.
     with pytest.raises(WeightsFileError) as error:
@@ -329,15 +366,21 @@ def test_big_endian_float32_is_float32(copy_of, out_dir):
 
 
 # ------------------------------------------------------------------------------ usage errors
-@pytest.mark.parametrize("arguments,message", [
-    (["{src}"], "the following arguments are required: dst"),
-    (["{src}", "{out}/x.safetensors", "--bogus"], "unrecognized arguments: --bogus"),
-    (["{src}", "{out}/x.safetensors", "--alpha", "wide"], "invalid float value: 'wide'"),
-    (["{src}", "{out}/x.pt"], "DST must end in .safetensors"),
-    (["{src}", "{out}/dir.safetensors"], "is a folder"),
-    (["{src}", "{out}/x.safetensors", "--only", "x"], "--only and --parity go with --all-official"),
-    (["--all-official", "{out}", "--allow-nonfinite"], "takes no --allow-nonfinite"),
-])
+@pytest.mark.parametrize(
+    "arguments,message",
+    [
+        (["{src}"], "the following arguments are required: dst"),
+        (["{src}", "{out}/x.safetensors", "--bogus"], "unrecognized arguments: --bogus"),
+        (["{src}", "{out}/x.safetensors", "--alpha", "wide"], "invalid float value: 'wide'"),
+        (["{src}", "{out}/x.pt"], "DST must end in .safetensors"),
+        (["{src}", "{out}/dir.safetensors"], "is a folder"),
+        (
+            ["{src}", "{out}/x.safetensors", "--only", "x"],
+            "--only and --parity go with --all-official",
+        ),
+        (["--all-official", "{out}", "--allow-nonfinite"], "takes no --allow-nonfinite"),
+    ],
+)
 def test_usage_errors_exit_2_on_one_line(arguments, message, copy_of, out_dir, capsys):
     src = copy_of()
     (out_dir / "dir.safetensors").mkdir()
@@ -431,9 +474,14 @@ sys.exit(main(["convert", *sys.argv[1:]]))
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 def test_sigint_mid_conversion_leaves_no_file(copy_of, out_dir):
     src, dst = copy_of(), out_dir / "out.safetensors"
-    process = subprocess.Popen([sys.executable, "-c", SLOW_WRITE, str(src), str(dst)], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITE, str(src), str(dst)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
     watchdog = threading.Timer(120, process.kill)  # a hang fails the test instead of blocking
     watchdog.start()
     try:
@@ -467,9 +515,11 @@ SAFETENSORS_CASES = {
     "header claims 2**60 bytes": lambda p, good: p.write_bytes(struct.pack("<Q", 1 << 60) + b"{}"),
     "truncated": lambda p, good: p.write_bytes(good.read_bytes()[:-1000]),
     "offsets past the end": lambda p, good: _with_header(
-        p, {"x": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}, b"\0" * 64),
+        p, {"x": {"dtype": "F32", "shape": [1 << 20], "data_offsets": [0, 4 << 20]}}, b"\0" * 64
+    ),
     "huge shape": lambda p, good: _with_header(
-        p, {"x": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}),
+        p, {"x": {"dtype": "F32", "shape": [1 << 40], "data_offsets": [0, 4 << 40]}}
+    ),
 }
 
 
@@ -490,19 +540,43 @@ def _retyped(state, dtype):
     return state
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda s, m: (_retyped(s, torch.float64), m), r"'Conv1.weight' is F64; weights must be"),
-    (lambda s, m: (_retyped(s, torch.int32), m), r"'Conv1.weight' is I32"),
-    (lambda s, m: (_retyped(s, torch.bfloat16), m), r"'Conv1.weight' is BF16"),
-    (lambda s, m: ({**s, "bn_Conv1.bias": s["bn_Conv1.bias"] * np.inf}, m), r"bn_Conv1.bias holds"),
-    (lambda s, m: (s, {"torch_mobilenets": "{not json"}), r"not a readable safetensors file"),
-    (lambda s, m: (s, {"torch_mobilenets": '{"config": [1, 2]}'}), r"config is not a model"),
-    (lambda s, m: (s, {"torch_mobilenets": '{"config": {"family": "resnet"}}'}), r"not a model"),
-    (lambda s, m: (s, {"torch_mobilenets": '{"config": {"family": "mobilenet_v2", '
-                                           '"alpha": true}}'}), r"not a model"),
-    (lambda s, m: (s, {"torch_mobilenets": "[" * 100000 + "]" * 100000}), r"RecursionError"),
-], ids=["float64", "int32", "bfloat16", "inf", "metadata not JSON", "config not a dict",
-        "unknown family", "alpha not a number", "deeply nested JSON"])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (lambda s, m: (_retyped(s, torch.float64), m), r"'Conv1.weight' is F64; weights must be"),
+        (lambda s, m: (_retyped(s, torch.int32), m), r"'Conv1.weight' is I32"),
+        (lambda s, m: (_retyped(s, torch.bfloat16), m), r"'Conv1.weight' is BF16"),
+        (
+            lambda s, m: ({**s, "bn_Conv1.bias": s["bn_Conv1.bias"] * np.inf}, m),
+            r"bn_Conv1.bias holds",
+        ),
+        (lambda s, m: (s, {"torch_mobilenets": "{not json"}), r"not a readable safetensors file"),
+        (lambda s, m: (s, {"torch_mobilenets": '{"config": [1, 2]}'}), r"config is not a model"),
+        (
+            lambda s, m: (s, {"torch_mobilenets": '{"config": {"family": "resnet"}}'}),
+            r"not a model",
+        ),
+        (
+            lambda s, m: (
+                s,
+                {"torch_mobilenets": '{"config": {"family": "mobilenet_v2", "alpha": true}}'},
+            ),
+            r"not a model",
+        ),
+        (lambda s, m: (s, {"torch_mobilenets": "[" * 100000 + "]" * 100000}), r"RecursionError"),
+    ],
+    ids=[
+        "float64",
+        "int32",
+        "bfloat16",
+        "inf",
+        "metadata not JSON",
+        "config not a dict",
+        "unknown family",
+        "alpha not a number",
+        "deeply nested JSON",
+    ],
+)
 def test_mismatched_safetensors(change, message, copy_of, out_dir):
     good = _converted(copy_of, out_dir)
     state, _ = conversion.read_safetensors(good)
@@ -543,8 +617,13 @@ def test_too_many_layer_names(copy_of, monkeypatch):
 
 def test_chunks_over_the_limit(copy_of):
     src = copy_of()
-    replace_dataset(src, GAMMA, lambda g, n: g.create_dataset(
-        n, shape=(16,), maxshape=(None,), chunks=(1 << 27,), dtype="f4"))
+    replace_dataset(
+        src,
+        GAMMA,
+        lambda g, n: g.create_dataset(
+            n, shape=(16,), maxshape=(None,), chunks=(1 << 27,), dtype="f4"
+        ),
+    )
     with pytest.raises(WeightsFileError, match=r"chunks \(134217728,\)\), over the limit"):
         conversion.read(src)
 
@@ -578,7 +657,7 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
     data = bytearray(path.read_bytes())
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
         at = data.index(signature)
-        data[at + offset:at + offset + 4] = struct.pack("<I", 1000)
+        data[at + offset : at + offset + 4] = struct.pack("<I", 1000)
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsFileError, match="unreadable or damaged file"):
         conversion.read(path)
@@ -673,9 +752,12 @@ def test_reader_errors_of_any_kind_become_weights_file_errors(copy_of):
     src = copy_of()
     data = bytearray(src.read_bytes())
     at = data.index(b"TREE")  # a B-tree node's signature
-    data[at:at + 4] = b"XXXX"
+    data[at : at + 4] = b"XXXX"
     src.write_bytes(bytes(data))
-    with pytest.raises(WeightsFileError, match=f"^{src}: unreadable or damaged file "
-                                               r"\(RuntimeError: .*signature") as error:
+    with pytest.raises(
+        WeightsFileError,
+        match=f"^{src}: unreadable or damaged file "
+        r"\(RuntimeError: .*signature",
+    ) as error:
         conversion.read(src)
     assert isinstance(error.value.__cause__, RuntimeError)  # kept for --debug

@@ -149,7 +149,9 @@ def test_decode_predictions_torch_matches_numpy(dtype):
     ],
 )
 def test_decode_predictions_rejects_bad_shapes(preds):
-    with pytest.raises(ValueError, match=r"expects a batch of predictions .*Received array with shape"):
+    with pytest.raises(
+        ValueError, match=r"expects a batch of predictions .*Received array with shape"
+    ):
         decode_predictions(preds)
 
 
@@ -185,7 +187,10 @@ def test_decode_predictions_matches_keras(tmp_path):
     env = dict(os.environ, KERAS_HOME=str(keras_home), KERAS_BACKEND="tensorflow")
     proc = subprocess.run(
         [sys.executable, "-c", _KERAS_SIDE, str(tmp_path / "preds.npy")],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     keras_out = json.loads(proc.stdout)

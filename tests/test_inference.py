@@ -5,19 +5,22 @@ import pickle
 
 import pytest
 import torch
+from helpers import PARITY_TOLERANCE, trained_like
 
 import torch_mobilenets as tm
-from helpers import PARITY_TOLERANCE, trained_like
 from torch_mobilenets.nn import inference
 from torch_mobilenets.nn.inference import FoldedAway, FusedConv2d
 
 
-@pytest.mark.parametrize("builder,kwargs", [
-    (tm.MobileNet, dict(input_shape=(3, 97, 131), classifier_activation=None)),
-    (tm.MobileNetV2, dict(include_top=False, pooling="avg")),
-    (tm.MobileNetV3Small, dict(classifier_activation=None)),
-    (tm.MobileNetV3Large, dict(minimalistic=True, classifier_activation=None)),
-])
+@pytest.mark.parametrize(
+    "builder,kwargs",
+    [
+        (tm.MobileNet, dict(input_shape=(3, 97, 131), classifier_activation=None)),
+        (tm.MobileNetV2, dict(include_top=False, pooling="avg")),
+        (tm.MobileNetV3Small, dict(classifier_activation=None)),
+        (tm.MobileNetV3Large, dict(minimalistic=True, classifier_activation=None)),
+    ],
+)
 def test_optimized_copy_computes_the_same_function(builder, kwargs):
     model = trained_like(builder(weights=None, **kwargs))
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -1,15 +1,13 @@
 """The Keras reference helpers write real Keras files in every layout, and Keras reads
 each one back with identical weights."""
 
-import torch  # noqa: F401  (torch and torch._dynamo before TensorFlow: see notes)
-import torch._dynamo  # noqa: F401
-
 import zipfile
 
 import h5py
 import numpy as np
 import pytest
-
+import torch
+import torch._dynamo  # noqa: F401
 from helpers import keras_reference
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
@@ -21,13 +19,31 @@ pytestmark = pytest.mark.keras
 # (classifier_activation=None) so that the spread test can look at them.
 CONFIGS = {
     "v1_top": ("mobilenet", dict(alpha=0.25, input_shape=(96, 96, 3), classifier_activation=None)),
-    "v1_notop": ("mobilenet", dict(alpha=0.25, input_shape=(64, 80, 3), include_top=False, pooling="avg")),
-    "v2_top": ("mobilenet_v2", dict(alpha=0.35, input_shape=(96, 96, 3), classifier_activation=None)),
+    "v1_notop": (
+        "mobilenet",
+        dict(alpha=0.25, input_shape=(64, 80, 3), include_top=False, pooling="avg"),
+    ),
+    "v2_top": (
+        "mobilenet_v2",
+        dict(alpha=0.35, input_shape=(96, 96, 3), classifier_activation=None),
+    ),
     "v2_notop": ("mobilenet_v2", dict(alpha=0.35, input_shape=(64, 80, 3), include_top=False)),
-    "v3s_top": ("mobilenet_v3_small", dict(alpha=0.5, input_shape=(96, 96, 3), classifier_activation=None)),
-    "v3s_notop": ("mobilenet_v3_small", dict(alpha=0.5, input_shape=(64, 80, 3), include_top=False)),
-    "v3l_top": ("mobilenet_v3_large", dict(alpha=0.5, input_shape=(96, 96, 3), classifier_activation=None)),
-    "v3l_notop": ("mobilenet_v3_large", dict(alpha=0.5, input_shape=(64, 80, 3), include_top=False, pooling="max")),
+    "v3s_top": (
+        "mobilenet_v3_small",
+        dict(alpha=0.5, input_shape=(96, 96, 3), classifier_activation=None),
+    ),
+    "v3s_notop": (
+        "mobilenet_v3_small",
+        dict(alpha=0.5, input_shape=(64, 80, 3), include_top=False),
+    ),
+    "v3l_top": (
+        "mobilenet_v3_large",
+        dict(alpha=0.5, input_shape=(96, 96, 3), classifier_activation=None),
+    ),
+    "v3l_notop": (
+        "mobilenet_v3_large",
+        dict(alpha=0.5, input_shape=(64, 80, 3), include_top=False, pooling="max"),
+    ),
 }
 TOP = [k for k in CONFIGS if k.endswith("_top")]
 
@@ -40,7 +56,10 @@ def built():
     def get(key):
         if key not in cache:
             family, kwargs = CONFIGS[key]
-            cache[key] = (kr.build_keras(family, seed=0, **kwargs), kr.FAMILIES[family](weights=None, **kwargs))
+            cache[key] = (
+                kr.build_keras(family, seed=0, **kwargs),
+                kr.FAMILIES[family](weights=None, **kwargs),
+            )
         return cache[key]
 
     return get
@@ -52,7 +71,9 @@ def test_keras_reads_back_every_layout(built, key, layout, tmp_path):
     family, kwargs = CONFIGS[key]
     model, target = built(key)
     chunk = layout == "keras2_h5_chunked"
-    path = kr.write_keras_file(model, tmp_path, "keras2_h5" if chunk else layout, chunk_layer_names=chunk)
+    path = kr.write_keras_file(
+        model, tmp_path, "keras2_h5" if chunk else layout, chunk_layer_names=chunk
+    )
     assert path.parent == tmp_path and path.name.startswith(model.name)
     kr.check_keras_loads(family, path, model, into=target, **kwargs)
 
@@ -127,7 +148,9 @@ def test_keras2_layout_structure(built, key, tmp_path):
         weighted = [(n, layer) for n, layer in zip(names, model.layers) if layer.weights]
         for (name, layer), (_, variables) in zip(weighted, kr.legacy_weights(model)):
             depthwise = isinstance(layer, kr.keras.layers.DepthwiseConv2D)
-            expected = [f"{name}/{'depthwise_kernel' if depthwise else v.name}:0" for v in variables]
+            expected = [
+                f"{name}/{'depthwise_kernel' if depthwise else v.name}:0" for v in variables
+            ]
             assert _attr_strings(f[name], "weight_names") == expected
             for wname, v in zip(expected, variables):
                 np.testing.assert_array_equal(f[name][wname][()], kr.keras.ops.convert_to_numpy(v))
@@ -137,7 +160,14 @@ def test_keras2_layout_structure(built, key, tmp_path):
         if family == "mobilenet_v2":
             assert "predictions" not in names
         if family.startswith("mobilenet_v3"):
-            for name in ("Conv", "Conv/BatchNorm", "expanded_conv/project/BatchNorm", "Conv_1/BatchNorm", "Conv_2", "Logits"):
+            for name in (
+                "Conv",
+                "Conv/BatchNorm",
+                "expanded_conv/project/BatchNorm",
+                "Conv_1/BatchNorm",
+                "Conv_2",
+                "Logits",
+            ):
                 assert name in names and f[name].attrs["weight_names"].size > 0, name
             assert not any("_bn" in n or n in ("conv", "logits", "conv_2") for n in names)
 
@@ -177,6 +207,8 @@ def test_logits_are_spread_and_input_dependent(built, key):
     assert 0.5 < logits.std() < 20
     assert len(set(logits.argmax(1))) > 1
     # BatchNorm is far from identity: gamma spread, moving stats not the (0, 1) defaults.
-    bn = next(layer for layer in model.layers if isinstance(layer, kr.keras.layers.BatchNormalization))
+    bn = next(
+        layer for layer in model.layers if isinstance(layer, kr.keras.layers.BatchNormalization)
+    )
     gamma, _, mean, var = bn.get_weights()
     assert gamma.std() > 0.1 and np.abs(mean).max() > 0.01 and np.abs(var - 1).max() > 0.1

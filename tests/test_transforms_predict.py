@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import keras_model
 from PIL import Image
 
 import torch_mobilenets as tm
-from helpers import keras_model
 from torch_mobilenets.pretrained import registry
 from torch_mobilenets.pretrained.imagenet import decode_predictions
 from torch_mobilenets.pretrained.transforms import KerasPreprocessing
@@ -43,8 +43,9 @@ def keras_input(path, size, family):
     return x
 
 
-@pytest.mark.parametrize("family,size", [("mobilenet", 128), ("mobilenet_v2", 96),
-                                         ("mobilenet_v3_small", 224)])
+@pytest.mark.parametrize(
+    "family,size", [("mobilenet", 128), ("mobilenet_v2", 96), ("mobilenet_v3_small", 224)]
+)
 @pytest.mark.keras
 def test_preset_is_keras_preprocessing_bit_for_bit(image_file, family, size):
     preset = registry.find_checkpoint(family, 1.0, size, True).transforms()
@@ -52,8 +53,13 @@ def test_preset_is_keras_preprocessing_bit_for_bit(image_file, family, size):
     # From a path, a PIL image (any mode), a uint8 tensor, a batch of them.
     image = Image.open(image_file)
     as_tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
-    for got in (preset(image_file), preset(image), preset(image.convert("RGBA")),
-                preset(as_tensor), preset(torch.stack([as_tensor, as_tensor]))[1]):
+    for got in (
+        preset(image_file),
+        preset(image),
+        preset(image.convert("RGBA")),
+        preset(as_tensor),
+        preset(torch.stack([as_tensor, as_tensor]))[1],
+    ):
         assert got.dtype == torch.float32 and got.shape == (3, size, size)
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
@@ -76,9 +82,23 @@ def test_predict_command_matches_keras(image_file, weights_file):
     reference = keras_model(FAMILY, **KWARGS)  # softmax top, as the command's model
     path = weights_file(FAMILY, reference, "keras2_h5")
     result = subprocess.run(
-        [sys.executable, "-m", "torch_mobilenets.predict", str(image_file), "--model", FAMILY,
-         "--weights", str(path), "--size", "96"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch_mobilenets.predict",
+            str(image_file),
+            "--model",
+            FAMILY,
+            "--weights",
+            str(path),
+            "--size",
+            "96",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == str(image_file) and len(lines) == 6
@@ -95,8 +115,19 @@ def test_predict_command_errors_in_one_line(tmp_path, image_file):
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
     result = subprocess.run(
-        [sys.executable, "-m", "torch_mobilenets.predict", str(not_an_image), "--weights",
-         str(tmp_path / "absent.h5")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "torch_mobilenets.predict",
+            str(not_an_image),
+            "--weights",
+            str(tmp_path / "absent.h5"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 3
     assert result.stderr.startswith("python -m torch_mobilenets predict: error: ")
     assert "Traceback" not in result.stderr

@@ -6,9 +6,9 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_parity, keras_reference, torch_kwargs
 
 import torch_mobilenets as tm
-from helpers import assert_parity, keras_reference, torch_kwargs
 from torch_mobilenets import conversion, saving
 from torch_mobilenets.keras_io.pairing import weighted_layers
 
@@ -17,20 +17,24 @@ kr = keras_reference()  # skips this module, with the reason, without Keras
 pytestmark = pytest.mark.keras
 
 
-@pytest.mark.parametrize("family,kwargs", [
-    ("mobilenet", dict(input_shape=(96, 96, 3), alpha=0.25, depth_multiplier=2)),
-    ("mobilenet_v2", dict(input_shape=(96, 96, 3), alpha=0.35)),
-    ("mobilenet_v3_small", dict(alpha=0.75)),
-    ("mobilenet_v3_large", dict(minimalistic=True, alpha=1.0)),
-])
+@pytest.mark.parametrize(
+    "family,kwargs",
+    [
+        ("mobilenet", dict(input_shape=(96, 96, 3), alpha=0.25, depth_multiplier=2)),
+        ("mobilenet_v2", dict(input_shape=(96, 96, 3), alpha=0.35)),
+        ("mobilenet_v3_small", dict(alpha=0.75)),
+        ("mobilenet_v3_large", dict(minimalistic=True, alpha=1.0)),
+    ],
+)
 def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
     original = kr.build_keras(family, classifier_activation=None, **kwargs)
     official = kr.write_keras_file(original, tmp_path, "keras2_h5", family=family)
     converted = tmp_path / "imagenet.safetensors"
     conversion.convert(official, converted)
 
-    model = tm.FAMILIES[family](weights=converted, classifier_activation=None,
-                                **torch_kwargs(kwargs))
+    model = tm.FAMILIES[family](
+        weights=converted, classifier_activation=None, **torch_kwargs(kwargs)
+    )
     model.reset_classifier(7)
     model.freeze(up_to=model.feature_layers()[-2])
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
@@ -45,16 +49,22 @@ def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
     saving.save_checkpoint(model.eval(), checkpoint)
 
     back = tmp_path / "fine_tuned.h5"
-    result = subprocess.run([sys.executable, "-m", "convert", "--to", "keras", str(checkpoint),
-                             str(back)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "convert", "--to", "keras", str(checkpoint), str(back)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
-    keras_model = kr.FAMILIES[family](weights=str(back), classes=7, classifier_activation=None,
-                                      **kwargs)
+    keras_model = kr.FAMILIES[family](
+        weights=str(back), classes=7, classifier_activation=None, **kwargs
+    )
     height, width = kwargs.get("input_shape", (96, 96, 3))[:2]
     assert_parity(family, keras_model, model, height, width, case=f"{family} round trip")
     # Reloading the checkpoint gives the same model, and the .h5 converts back to it too.
-    again = tm.FAMILIES[family](weights=checkpoint, classes=7, classifier_activation=None,
-                                **torch_kwargs(kwargs))
+    again = tm.FAMILIES[family](
+        weights=checkpoint, classes=7, classifier_activation=None, **torch_kwargs(kwargs)
+    )
     assert_parity(family, keras_model, again, height, width, case=f"{family} reloaded")
     assert conversion.file_config(conversion.read(back))["classes"] == 7
 

@@ -5,11 +5,11 @@ import warnings
 from pathlib import Path
 
 import pytest
+from weights_server import closed_port_url
 
 import torch_mobilenets as tm
 from torch_mobilenets.pretrained import registry
 from torch_mobilenets.pretrained.download import DownloadError
-from weights_server import closed_port_url
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -17,8 +17,12 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def test_every_official_file_once():
     entries = tm.list_weights()
     assert len(entries) == 88
-    for family, count in [("mobilenet", 16), ("mobilenet_v2", 22), ("mobilenet_v3_small", 3),
-                          ("mobilenet_v3_large", 3)]:
+    for family, count in [
+        ("mobilenet", 16),
+        ("mobilenet_v2", 22),
+        ("mobilenet_v3_small", 3),
+        ("mobilenet_v3_large", 3),
+    ]:
         assert len(tm.list_weights(family, include_top=True)) == count
         assert len(tm.list_weights(family, include_top=False)) == count
     assert len({c.file_name for c in entries}) == len({c.name for c in entries}) == 88
@@ -30,8 +34,11 @@ def test_base_urls_are_keras_and_can_be_moved(monkeypatch):
     from keras.src.applications import mobilenet, mobilenet_v2, mobilenet_v3
 
     monkeypatch.delenv(registry.BASE_URL_ENV, raising=False)
-    for module, subdir in [(mobilenet, "mobilenet"), (mobilenet_v2, "mobilenet_v2"),
-                           (mobilenet_v3, "mobilenet_v3")]:
+    for module, subdir in [
+        (mobilenet, "mobilenet"),
+        (mobilenet_v2, "mobilenet_v2"),
+        (mobilenet_v3, "mobilenet_v3"),
+    ]:
         for c in tm.list_weights():
             if c.subdir == subdir:
                 assert c.url == module.BASE_WEIGHT_PATH + c.file_name
@@ -53,8 +60,9 @@ def test_v3_md5_are_the_ones_keras_pins():
 def test_checksum_provenance():
     v1 = tm.list_weights("mobilenet")
     assert all(c.hash_algorithm == "sha256" and len(c.file_hash) == 64 for c in v1)
-    assert [c.file_name for c in v1 if c.hash_status == "checked"] == \
-        ["mobilenet_2_5_224_tf_no_top.h5"]
+    assert [c.file_name for c in v1 if c.hash_status == "checked"] == [
+        "mobilenet_2_5_224_tf_no_top.h5"
+    ]
     assert {c.hash_status for c in v1} == {"checked", "likely"}
     v2 = tm.list_weights("mobilenet_v2")
     published = [c for c in v2 if c.hash_algorithm]
@@ -70,10 +78,12 @@ def test_figures_and_exact_parameter_counts():
     assert registry.find_checkpoint("mobilenet", 0.5, 128, True).top1 == 56.2  # TF-slim's
     assert registry.find_checkpoint("mobilenet", 0.5, 224, True).top1 == 63.7  # Keras'
     # Keras' count_params() at alpha 1 (keras-mobilenet-notes.md); rows do not matter.
-    for family, top, no_top in [("mobilenet", 4_253_864, 3_228_864),
-                                ("mobilenet_v2", 3_538_984, 2_257_984),
-                                ("mobilenet_v3_small", 2_554_968, 939_120),
-                                ("mobilenet_v3_large", 5_507_432, 2_996_352)]:
+    for family, top, no_top in [
+        ("mobilenet", 4_253_864, 3_228_864),
+        ("mobilenet_v2", 3_538_984, 2_257_984),
+        ("mobilenet_v3_small", 2_554_968, 939_120),
+        ("mobilenet_v3_large", 5_507_432, 2_996_352),
+    ]:
         assert registry.find_checkpoint(family, 1.0, 224, True).parameters == top
         assert registry.find_checkpoint(family, 1.0, 224, False).parameters == no_top
 
@@ -157,8 +167,9 @@ def test_imagenet_requests_the_file_keras_requests(family, kwargs, monkeypatch, 
 @pytest.mark.keras
 def test_v2_widest_models_exist_at_224_only(monkeypatch):
     # Keras asks for a file that is not there (a 404 at run time); we say so before any download.
-    keras_url, _, _ = keras_request("mobilenet_v2", dict(alpha=1.3, input_shape=(128, 128, 3)),
-                                    monkeypatch)
+    keras_url, _, _ = keras_request(
+        "mobilenet_v2", dict(alpha=1.3, input_shape=(128, 128, 3)), monkeypatch
+    )
     assert keras_url.endswith("_1.3_128.h5")
     assert not [c for c in tm.list_weights() if c.url.endswith("_1.3_128.h5")]
     with pytest.raises(ValueError, match="1.3 and 1.4 exist at 224x224 only"):
@@ -167,6 +178,12 @@ def test_v2_widest_models_exist_at_224_only(monkeypatch):
 
 def test_keras_warning_points_at_the_caller():
     with pytest.warns(UserWarning, match="Weights for input shape") as caught:
-        registry.imagenet_checkpoint(dict(family="mobilenet_v3_small", alpha=1.0,
-                                         include_top=True, input_shape=(3, None, None)))
+        registry.imagenet_checkpoint(
+            dict(
+                family="mobilenet_v3_small",
+                alpha=1.0,
+                include_top=True,
+                input_shape=(3, None, None),
+            )
+        )
     assert caught[0].filename == __file__

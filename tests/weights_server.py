@@ -50,8 +50,8 @@ class WeightsServer:
                     data = data[: len(data) // 2]
                 try:
                     for start in range(0, len(data), BLOCK):
-                        self.wfile.write(data[start:start + BLOCK])
-                        server.bytes_sent[path] += len(data[start:start + BLOCK])
+                        self.wfile.write(data[start : start + BLOCK])
+                        server.bytes_sent[path] += len(data[start : start + BLOCK])
                         server.first_block_sent.set()
                         if server.delay:
                             time.sleep(server.delay)
@@ -66,8 +66,7 @@ class WeightsServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         # A short poll interval: shutting down waits for one.
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -80,7 +79,7 @@ class WeightsServer:
         self.modes[path] = mode
         return path
 
-    def __enter__(self) -> "WeightsServer":
+    def __enter__(self) -> WeightsServer:
         self.thread.start()
         return self
 

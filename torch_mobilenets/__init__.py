@@ -13,8 +13,11 @@ from .keras_io import WeightsFileError, load_weights, save_checkpoint
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
-from .mobilenet_v3_backbone import (MobileNetV3Backbone, MobileNetV3LargeBackbone,
-                                    MobileNetV3SmallBackbone)
+from .mobilenet_v3_backbone import (
+    MobileNetV3Backbone,
+    MobileNetV3LargeBackbone,
+    MobileNetV3SmallBackbone,
+)
 from .nn import KerasModel, optimize_for_inference
 from .pretrained.registry import Checkpoint, list_weights
 from .pretrained.transforms import KerasPreprocessing
@@ -28,8 +31,26 @@ FAMILIES = {
     "mobilenet_v3_backbone": MobileNetV3Backbone,
 }
 
-__all__ = ["FAMILIES", "Checkpoint", "KerasModel", "KerasPreprocessing", "MobileNet",
-           "MobileNetV2", "MobileNetV3Backbone", "MobileNetV3Large", "MobileNetV3LargeBackbone",
-           "MobileNetV3Small", "MobileNetV3SmallBackbone", "WeightsFileError", "__version__",
-           "conversion", "list_weights", "load_weights", "mobilenet_v1", "mobilenet_v2",
-           "mobilenet_v3", "optimize_for_inference", "save_checkpoint"]
+__all__ = [
+    "FAMILIES",
+    "Checkpoint",
+    "KerasModel",
+    "KerasPreprocessing",
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Backbone",
+    "MobileNetV3Large",
+    "MobileNetV3LargeBackbone",
+    "MobileNetV3Small",
+    "MobileNetV3SmallBackbone",
+    "WeightsFileError",
+    "__version__",
+    "conversion",
+    "list_weights",
+    "load_weights",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "optimize_for_inference",
+    "save_checkpoint",
+]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Optional
 
 from .keras_io import load_weights as _load_weights
 from .keras_io.presets import preset_arguments
@@ -18,11 +17,14 @@ PRESET_DIR_VARIABLE = "TORCH_MOBILENETS_KERAS_CV_PRESETS"
 
 
 class MobileNetV3Backbone(_builder.MobileNetV3Backbone):
-    __doc__ = (_builder.MobileNetV3Backbone.__doc__ or "") + """
+    __doc__ = (
+        (_builder.MobileNetV3Backbone.__doc__ or "")
+        + """
     `weights`: None (Keras' initialisation), or the path of a KerasCV weights file
     (`model.weights.h5`), a preset folder, any other Keras layout, or a converted
     `.safetensors`. `from_preset` builds from a KerasCV preset, with its weights.
     """
+    )
 
     def __init__(self, *args, weights: Weights = None, **kwargs):
         if weights is not None and not os.path.exists(os.fspath(weights)):
@@ -32,8 +34,9 @@ class MobileNetV3Backbone(_builder.MobileNetV3Backbone):
             _load_weights(self, weights, assign=True)  # a fresh model: take the tensors as they are
 
     @classmethod
-    def from_preset(cls, preset: str, load_weights: Optional[bool] = None,
-                    **overrides) -> "MobileNetV3Backbone":
+    def from_preset(
+        cls, preset: str, load_weights: bool | None = None, **overrides
+    ) -> MobileNetV3Backbone:
         """A backbone from a KerasCV preset name or a local preset folder.
 
         Names: "mobilenet_v3_small", "mobilenet_v3_large" (configurations only) and
@@ -48,15 +51,20 @@ class MobileNetV3Backbone(_builder.MobileNetV3Backbone):
         if folder.is_dir():
             config, has_weights = preset_arguments(folder)
         elif preset in PRESETS:
-            config, has_weights = dict(PRESETS[preset], include_rescaling=True), \
-                preset.endswith("_imagenet")
+            config, has_weights = (
+                dict(PRESETS[preset], include_rescaling=True),
+                preset.endswith("_imagenet"),
+            )
             folder = Path(os.environ.get(PRESET_DIR_VARIABLE, "keras_cv_presets")) / preset
         else:
-            raise ValueError(f"Unknown preset {preset!r}: use one of {sorted(PRESETS)} or the "
-                             "path of a KerasCV preset folder")
+            raise ValueError(
+                f"Unknown preset {preset!r}: use one of {sorted(PRESETS)} or the "
+                "path of a KerasCV preset folder"
+            )
         if load_weights and not has_weights:
-            raise ValueError(f"The preset {preset!r} does not include weights; remove "
-                             "`load_weights=True`.")
+            raise ValueError(
+                f"The preset {preset!r} does not include weights; remove `load_weights=True`."
+            )
         weights = None
         if has_weights and load_weights is not False:
             weights = folder / "model.weights.h5"
@@ -66,7 +74,8 @@ class MobileNetV3Backbone(_builder.MobileNetV3Backbone):
                     f"{weights}. KerasCV downloads them from Kaggle "
                     f"(kaggle://keras/mobilenetv3/keras/{preset}); put that preset folder at "
                     f"${PRESET_DIR_VARIABLE}/{preset}/ or pass its path to from_preset(), or "
-                    "pass load_weights=False for random weights.")
+                    "pass load_weights=False for random weights."
+                )
         config.update(overrides)
         return cls(**config, weights=weights)
 
@@ -81,15 +90,19 @@ def _signature() -> inspect.Signature:
 MobileNetV3Backbone.__signature__ = _signature()  # type: ignore[attr-defined]
 
 
-def MobileNetV3SmallBackbone(include_rescaling=True, input_shape=(3, None, None),
-                             **kwargs) -> MobileNetV3Backbone:
+def MobileNetV3SmallBackbone(
+    include_rescaling=True, input_shape=(3, None, None), **kwargs
+) -> MobileNetV3Backbone:
     """KerasCV's `MobileNetV3SmallBackbone`: the "mobilenet_v3_small" preset."""
-    return MobileNetV3Backbone.from_preset("mobilenet_v3_small", include_rescaling=include_rescaling,
-                                           input_shape=input_shape, **kwargs)
+    return MobileNetV3Backbone.from_preset(
+        "mobilenet_v3_small", include_rescaling=include_rescaling, input_shape=input_shape, **kwargs
+    )
 
 
-def MobileNetV3LargeBackbone(include_rescaling=True, input_shape=(3, None, None),
-                             **kwargs) -> MobileNetV3Backbone:
+def MobileNetV3LargeBackbone(
+    include_rescaling=True, input_shape=(3, None, None), **kwargs
+) -> MobileNetV3Backbone:
     """KerasCV's `MobileNetV3LargeBackbone`: the "mobilenet_v3_large" preset."""
-    return MobileNetV3Backbone.from_preset("mobilenet_v3_large", include_rescaling=include_rescaling,
-                                           input_shape=input_shape, **kwargs)
+    return MobileNetV3Backbone.from_preset(
+        "mobilenet_v3_large", include_rescaling=include_rescaling, input_shape=input_shape, **kwargs
+    )

@@ -7,7 +7,6 @@ every error is one line on stderr with a documented exit code (`common`).
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 from . import convert, parity, predict, weights
 from .common import Parser
@@ -28,11 +27,11 @@ examples:
 `torch-mobilenets COMMAND --help` describes each command and its exit codes."""
 
 
-def main(argv: Optional[list] = None, prog: str = "torch-mobilenets") -> int:
+def main(argv: list | None = None, prog: str = "torch-mobilenets") -> int:
     parser = Parser(prog=prog, description=DESCRIPTION, epilog=EPILOG)
-    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command",
-                                        required=True,
-                                        parser_class=Parser)
+    subcommands = parser.add_subparsers(
+        title="commands", metavar="COMMAND", dest="command", required=True, parser_class=Parser
+    )
     for command in SUBCOMMANDS:
         command.add_parser(subcommands)
     args = parser.parse_args(argv)

@@ -1,5 +1,5 @@
-"""`torch-mobilenets convert --all-official OUT_DIR`: every official Keras ImageNet checkpoint, downloaded,
-verified, converted and, where Keras is installed, compared with Keras.
+"""`torch-mobilenets convert --all-official OUT_DIR`: every official Keras ImageNet checkpoint,
+downloaded, verified, converted and, where Keras is installed, compared with Keras.
 
     OUT_DIR/keras/<official name>.h5            the verified downloads (+ sha256_seen.json for
                                                 the files Keras publishes no checksum for)
@@ -33,9 +33,12 @@ IMAGES = 4
 def select(only=None) -> list:
     """The registry's checkpoints whose name (`mobilenet_v2_0.35_96_no_top`) or file name
     matches one of the `only` shell patterns; all of them without patterns."""
-    return [c for c in list_weights()
-            if not only or any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.file_name, p)
-                               for p in only)]
+    return [
+        c
+        for c in list_weights()
+        if not only
+        or any(fnmatch.fnmatchcase(c.name, p) or fnmatch.fnmatchcase(c.file_name, p) for p in only)
+    ]
 
 
 def run_all(out_dir, only=None, parity=None, progress=None, debug=False, log=print) -> int:
@@ -61,11 +64,14 @@ def run_all(out_dir, only=None, parity=None, progress=None, debug=False, log=pri
             converted_checkpoint(checkpoint, out_dir, out_dir / "keras", progress)
             message = f"{step}: converted -> {converted}"
             if parity:
-                result = parity_report(checkpoint, out_dir / "keras" / checkpoint.file_name,
-                                       converted)
+                result = parity_report(
+                    checkpoint, out_dir / "keras" / checkpoint.file_name, converted
+                )
                 _write_json(report, result)
-                message += (f"; max |difference| vs Keras {result['max_abs_difference']:.2e} "
-                            f"(relative {result['relative_difference']:.2e})")
+                message += (
+                    f"; max |difference| vs Keras {result['max_abs_difference']:.2e} "
+                    f"(relative {result['relative_difference']:.2e})"
+                )
                 if not result["within_tolerance"]:
                     failures += 1
                     message += f", ABOVE the tolerance {PARITY_TOLERANCE}"
@@ -78,18 +84,25 @@ def run_all(out_dir, only=None, parity=None, progress=None, debug=False, log=pri
     if parity:
         summary = write_summary(out_dir)
         log(f"parity reports: {summary}")
-    log(f"{len(checkpoints) - failures} of {len(checkpoints)} checkpoints done"
-        + (f", {failures} failed (run again to retry)" if failures else ""))
+    log(
+        f"{len(checkpoints) - failures} of {len(checkpoints)} checkpoints done"
+        + (f", {failures} failed (run again to retry)" if failures else "")
+    )
     return failures
 
 
 def parity_report(checkpoint: Checkpoint, keras_file: Path, converted: Path) -> dict:
     """Keras loading `keras_file` and PyTorch loading `converted`, on the same seeded images at
     the checkpoint's size: logits with the top, the final feature map without."""
-    report = parity_check.check(keras_file, known=checkpoint.architecture(),
-                                input_shape=checkpoint.builder_kwargs().get("input_shape"),
-                                size=(checkpoint.rows, checkpoint.rows), seeded=IMAGES,
-                                tolerance=PARITY_TOLERANCE, torch_weights=converted)
+    report = parity_check.check(
+        keras_file,
+        known=checkpoint.architecture(),
+        input_shape=checkpoint.builder_kwargs().get("input_shape"),
+        size=(checkpoint.rows, checkpoint.rows),
+        seeded=IMAGES,
+        tolerance=PARITY_TOLERANCE,
+        torch_weights=converted,
+    )
     output = report["outputs"][0]
     result = {
         "checkpoint": checkpoint.name,
@@ -114,15 +127,20 @@ def parity_report(checkpoint: Checkpoint, keras_file: Path, converted: Path) -> 
 def write_summary(out_dir: Path) -> Path:
     """OUT_DIR/parity.md from every report in OUT_DIR/parity/."""
     rows = [json.loads(p.read_text()) for p in sorted((out_dir / "parity").glob("*.json"))]
-    lines = ["# Parity of the converted official checkpoints against Keras", "",
-             "| checkpoint | compared | max abs difference | relative | top-1 agreement | "
-             "checksum | within tolerance |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "# Parity of the converted official checkpoints against Keras",
+        "",
+        "| checkpoint | compared | max abs difference | relative | top-1 agreement | "
+        "checksum | within tolerance |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         agreement = f"{r['top1_agreement']:.0%}" if "top1_agreement" in r else "-"
-        lines.append(f"| {r['checkpoint']} | {r['compared']} | {r['max_abs_difference']:.2e} | "
-                     f"{r['relative_difference']:.2e} | {agreement} | {r['checksum']} | "
-                     f"{'yes' if r['within_tolerance'] else 'NO'} |")
+        lines.append(
+            f"| {r['checkpoint']} | {r['compared']} | {r['max_abs_difference']:.2e} | "
+            f"{r['relative_difference']:.2e} | {agreement} | {r['checksum']} | "
+            f"{'yes' if r['within_tolerance'] else 'NO'} |"
+        )
     summary = out_dir / "parity.md"
     atomic_write_text(summary, "\n".join(lines) + "\n")
     return summary
@@ -131,4 +149,3 @@ def write_summary(out_dir: Path) -> Path:
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-

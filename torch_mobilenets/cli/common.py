@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ..models import FAMILIES
 
@@ -36,9 +36,13 @@ def fail(args: argparse.Namespace, message, code: int) -> int:
     return code
 
 
-def run_guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace], int],
-                expected: dict, interrupted: str = "interrupted",
-                internal: int = EXIT_INTERNAL) -> int:
+def run_guarded(
+    args: argparse.Namespace,
+    command: Callable[[argparse.Namespace], int],
+    expected: dict,
+    interrupted: str = "interrupted",
+    internal: int = EXIT_INTERNAL,
+) -> int:
     """`command(args)`, with each exception of a class in `expected` (class -> exit code, the
     first match wins) turned into one line on stderr and that code; anything else is an
     internal error (exit code `internal`), and an interrupt exits 130 saying `interrupted`.
@@ -55,8 +59,12 @@ def run_guarded(args: argparse.Namespace, command: Callable[[argparse.Namespace]
         for kind, code in expected.items():
             if isinstance(error, kind):
                 return fail(args, error, code)
-        return fail(args, f"internal error ({type(error).__name__}: {error}); rerun with "
-                    "--debug for the traceback", internal)
+        return fail(
+            args,
+            f"internal error ({type(error).__name__}: {error}); rerun with "
+            "--debug for the traceback",
+            internal,
+        )
 
 
 def add_debug(parser: argparse.ArgumentParser) -> None:
@@ -70,13 +78,20 @@ def add_architecture_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--alpha", type=float)
     group.add_argument("--depth-multiplier", type=int, dest="depth_multiplier")
     group.add_argument("--minimalistic", action=argparse.BooleanOptionalAction, default=None)
-    group.add_argument("--include-top", action=argparse.BooleanOptionalAction, default=None,
-                       dest="include_top")
+    group.add_argument(
+        "--include-top", action=argparse.BooleanOptionalAction, default=None, dest="include_top"
+    )
     group.add_argument("--classes", type=int)
 
 
-ARCHITECTURE_OPTIONS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
-                        "classes")
+ARCHITECTURE_OPTIONS = (
+    "family",
+    "alpha",
+    "depth_multiplier",
+    "minimalistic",
+    "include_top",
+    "classes",
+)
 
 
 def known_architecture(args: argparse.Namespace) -> dict:

@@ -8,13 +8,28 @@ from pathlib import Path
 
 from ..keras_io import convert, describe_config, safetensors_to_keras
 from .all_official import run_all
-from .common import (EXIT_BAD_INPUT, EXIT_USAGE, add_architecture_options, add_debug, fail,
-                     known_architecture, run_guarded)
+from .common import (
+    EXIT_BAD_INPUT,
+    EXIT_USAGE,
+    add_architecture_options,
+    add_debug,
+    fail,
+    known_architecture,
+    run_guarded,
+)
 
 EXIT_INCOMPLETE = 4  # --all-official: some checkpoints failed; the rest are done
 # Options that shape one SRC -> DST conversion, refused with --all-official.
-CONVERSION_OPTIONS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
-                      "classes", "force", "allow_nonfinite")
+CONVERSION_OPTIONS = (
+    "family",
+    "alpha",
+    "depth_multiplier",
+    "minimalistic",
+    "include_top",
+    "classes",
+    "force",
+    "allow_nonfinite",
+)
 FLAGS = ("force", "allow_nonfinite")  # store_true options: False when not given
 
 DESCRIPTION = """\
@@ -43,30 +58,55 @@ checkpoint, 130 interrupted."""
 
 
 def add_parser(subcommands) -> None:
-    parser = subcommands.add_parser("convert", help="Keras weights file -> safetensors (and back)",
-                                    description=DESCRIPTION, epilog=EPILOG)
+    parser = subcommands.add_parser(
+        "convert",
+        help="Keras weights file -> safetensors (and back)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+    )
     # Optional here only so that --all-official can go without them; checked in `run`.
     parser.add_argument("src", type=Path, nargs="?", help="Keras weights file")
     parser.add_argument("dst", type=Path, nargs="?", help="output .safetensors file")
     add_architecture_options(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing DST")
-    parser.add_argument("--allow-nonfinite", action="store_true", dest="allow_nonfinite",
-                        help="convert weights holding NaN or infinities instead of refusing them")
-    parser.add_argument("--to", choices=["safetensors", "keras"], default="safetensors",
-                        help="keras: SRC is a .safetensors checkpoint with its config, DST a "
-                             "legacy Keras .h5 that keras.applications loads")
+    parser.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        dest="allow_nonfinite",
+        help="convert weights holding NaN or infinities instead of refusing them",
+    )
+    parser.add_argument(
+        "--to",
+        choices=["safetensors", "keras"],
+        default="safetensors",
+        help="keras: SRC is a .safetensors checkpoint with its config, DST a "
+        "legacy Keras .h5 that keras.applications loads",
+    )
     add_debug(parser)
     official = parser.add_argument_group("every official checkpoint")
-    official.add_argument("--all-official", type=Path, metavar="OUT_DIR", dest="all_official",
-                          help="download, verify and convert every official Keras ImageNet file "
-                               "into OUT_DIR (then SRC and DST are not given)")
-    official.add_argument("--only", action="append", metavar="PATTERN",
-                          help="with --all-official: only checkpoints whose name "
-                               "(mobilenet_v2_0.35_96_no_top) or file name matches this shell "
-                               "pattern; repeatable")
-    official.add_argument("--parity", action=argparse.BooleanOptionalAction, default=None,
-                          help="with --all-official: write parity reports against Keras "
-                               "(default: when Keras is installed)")
+    official.add_argument(
+        "--all-official",
+        type=Path,
+        metavar="OUT_DIR",
+        dest="all_official",
+        help="download, verify and convert every official Keras ImageNet file "
+        "into OUT_DIR (then SRC and DST are not given)",
+    )
+    official.add_argument(
+        "--only",
+        action="append",
+        metavar="PATTERN",
+        help="with --all-official: only checkpoints whose name "
+        "(mobilenet_v2_0.35_96_no_top) or file name matches this shell "
+        "pattern; repeatable",
+    )
+    official.add_argument(
+        "--parity",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --all-official: write parity reports against Keras "
+        "(default: when Keras is installed)",
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
@@ -74,17 +114,28 @@ def run(args: argparse.Namespace) -> int:
     _check_usage(args)
     if args.all_official is not None:
         # Every write is atomic: an interrupted run leaves no partial file.
-        return run_guarded(args, _all_official, {ValueError: EXIT_USAGE},  # no match for --only
-                           "interrupted; run again to resume")
+        return run_guarded(
+            args,
+            _all_official,
+            {ValueError: EXIT_USAGE},  # no match for --only
+            "interrupted; run again to resume",
+        )
     problem = _usage_problem(args)
     if problem:
         return fail(args, problem, EXIT_USAGE)
     if not args.dst.parent.is_dir():  # checked before the work, not after it
-        return fail(args, f"{args.dst}: the output directory {args.dst.parent} does not exist",
-                    EXIT_BAD_INPUT)
+        return fail(
+            args,
+            f"{args.dst}: the output directory {args.dst.parent} does not exist",
+            EXIT_BAD_INPUT,
+        )
     # ValueError: WeightsFileError and builder argument errors; OSError: writing the output.
-    return run_guarded(args, _convert, {ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
-                       f"interrupted; nothing was written to {args.dst}")
+    return run_guarded(
+        args,
+        _convert,
+        {ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
+        f"interrupted; nothing was written to {args.dst}",
+    )
 
 
 def _check_usage(args: argparse.Namespace) -> None:
@@ -97,8 +148,11 @@ def _check_usage(args: argparse.Namespace) -> None:
             parser.error("--only and --parity go with --all-official")
     else:
         given = [name for name in ("src", "dst") if getattr(args, name) is not None]
-        given += [f"--{name.replace('_', '-')}" for name in CONVERSION_OPTIONS
-                  if (getattr(args, name) if name in FLAGS else getattr(args, name) is not None)]
+        given += [
+            f"--{name.replace('_', '-')}"
+            for name in CONVERSION_OPTIONS
+            if (getattr(args, name) if name in FLAGS else getattr(args, name) is not None)
+        ]
         if given:
             parser.error(f"--all-official OUT_DIR takes no {', '.join(given)}")
 
@@ -120,8 +174,9 @@ def _convert(args: argparse.Namespace) -> int:
             config = safetensors_to_keras(args.src, args.dst)
             print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}")
             return 0
-        config = convert(args.src, args.dst, allow_nonfinite=args.allow_nonfinite,
-                         **known_architecture(args))
+        config = convert(
+            args.src, args.dst, allow_nonfinite=args.allow_nonfinite, **known_architecture(args)
+        )
     except OSError as error:  # reading errors are WeightsFileErrors: this is the output
         raise OSError(f"{args.dst}: cannot write ({error})") from error
     print(f"{args.src} -> {args.dst}: {describe_config(config)}")
@@ -129,6 +184,11 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _all_official(args: argparse.Namespace) -> int:
-    failures = run_all(args.all_official, only=args.only, parity=args.parity, debug=args.debug,
-                       log=lambda message: print(message, flush=True))
+    failures = run_all(
+        args.all_official,
+        only=args.only,
+        parity=args.parity,
+        debug=args.debug,
+        log=lambda message: print(message, flush=True),
+    )
     return EXIT_INCOMPLETE if failures else 0

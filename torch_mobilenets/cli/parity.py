@@ -18,7 +18,7 @@ import importlib.metadata
 import importlib.util
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +27,14 @@ from .._version import __version__
 from ..keras_io import build, describe_config, file_config, load_weights, read
 from ..keras_io.pairing import ARCHITECTURE_KEYS
 from ..pretrained.transforms import KerasPreprocessing
-from .common import (EXIT_BAD_INPUT, add_architecture_options, add_debug, fail,
-                     known_architecture, run_guarded)
+from .common import (
+    EXIT_BAD_INPUT,
+    add_architecture_options,
+    add_debug,
+    fail,
+    known_architecture,
+    run_guarded,
+)
 
 EXIT_OUTSIDE_TOLERANCE = 1
 EXIT_NO_KERAS = 4
@@ -39,9 +45,12 @@ SEEDED_IMAGES = 4
 KERAS_EXTRA = "pip install 'torch-mobilenets[keras]'"
 KERAS_CV_EXTRA = "pip install 'torch-mobilenets[keras-cv]'"
 # The Keras builders of our families (KerasCV's backbone is found in keras_cv).
-KERAS_APPLICATIONS = {"mobilenet": "MobileNet", "mobilenet_v2": "MobileNetV2",
-                      "mobilenet_v3_small": "MobileNetV3Small",
-                      "mobilenet_v3_large": "MobileNetV3Large"}
+KERAS_APPLICATIONS = {
+    "mobilenet": "MobileNet",
+    "mobilenet_v2": "MobileNetV2",
+    "mobilenet_v3_small": "MobileNetV3Small",
+    "mobilenet_v3_large": "MobileNetV3Large",
+}
 # Keras' preprocess_input for each family; V3 models rescale pixels themselves.
 KERAS_PREPROCESSING = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2"}
 
@@ -65,17 +74,38 @@ class KerasUnavailable(Exception):
 
 def add_parser(subcommands) -> None:
     parser = subcommands.add_parser(
-        "parity", help="compare Keras and PyTorch on the same weights file",
-        description=__doc__.split("\n\n")[1], epilog=EPILOG)
-    parser.add_argument("file", type=Path, metavar="FILE",
-                        help="Keras weights file (any layout), .keras, or KerasCV preset folder")
+        "parity",
+        help="compare Keras and PyTorch on the same weights file",
+        description=__doc__.split("\n\n")[1],
+        epilog=EPILOG,
+    )
+    parser.add_argument(
+        "file",
+        type=Path,
+        metavar="FILE",
+        help="Keras weights file (any layout), .keras, or KerasCV preset folder",
+    )
     parser.add_argument("images", type=Path, nargs="*", metavar="IMAGE")
-    parser.add_argument("--size", type=int, nargs="+", metavar=("ROWS", "COLS"),
-                        help="input size for a model the file does not fix (default 224x224)")
-    parser.add_argument("--seeded", type=int, default=SEEDED_IMAGES, metavar="N",
-                        help=f"seeded images when no IMAGE is given (default {SEEDED_IMAGES})")
-    parser.add_argument("--tol", type=float, default=DEFAULT_TOLERANCE,
-                        help=f"relative error allowed per output (default {DEFAULT_TOLERANCE})")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        metavar=("ROWS", "COLS"),
+        help="input size for a model the file does not fix (default 224x224)",
+    )
+    parser.add_argument(
+        "--seeded",
+        type=int,
+        default=SEEDED_IMAGES,
+        metavar="N",
+        help=f"seeded images when no IMAGE is given (default {SEEDED_IMAGES})",
+    )
+    parser.add_argument(
+        "--tol",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"relative error allowed per output (default {DEFAULT_TOLERANCE})",
+    )
     parser.add_argument("--json", action="store_true", help="the report as JSON, for scripts")
     add_architecture_options(parser)
     add_debug(parser)
@@ -87,9 +117,12 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--size takes ROWS, or ROWS COLS")
     if importlib.util.find_spec("keras") is None:
         return fail(args, f"Keras is not installed; {KERAS_EXTRA}", EXIT_NO_KERAS)
-    return run_guarded(args, _parity, {KerasUnavailable: EXIT_NO_KERAS,
-                                       ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
-                       internal=EXIT_INTERNAL)
+    return run_guarded(
+        args,
+        _parity,
+        {KerasUnavailable: EXIT_NO_KERAS, ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
+        internal=EXIT_INTERNAL,
+    )
 
 
 def _parity(args: argparse.Namespace) -> int:
@@ -102,9 +135,16 @@ def _parity(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------ the check
-def check(path: Path, images=(), known: Optional[dict] = None, size: Optional[tuple] = None,
-          seeded: int = SEEDED_IMAGES, tolerance: float = DEFAULT_TOLERANCE,
-          torch_weights: Optional[Path] = None, input_shape: Optional[tuple] = None) -> dict:
+def check(
+    path: Path,
+    images=(),
+    known: dict | None = None,
+    size: tuple | None = None,
+    seeded: int = SEEDED_IMAGES,
+    tolerance: float = DEFAULT_TOLERANCE,
+    torch_weights: Path | None = None,
+    input_shape: tuple | None = None,
+) -> dict:
     """The parity report of a weights file: Keras loading `path`, PyTorch loading
     `torch_weights` (default: the same file), on `images` or `seeded` seeded ones. `known` fixes
     parts of the architecture, `input_shape` (channels first) builds both models static."""
@@ -125,16 +165,22 @@ def check(path: Path, images=(), known: Optional[dict] = None, size: Optional[tu
     pixels, sources = _pixels(keras, images, rows, cols, seeded)
     keras_input = _keras_preprocess(keras, family, torch_config, pixels)
     torch_input = torch.from_numpy(keras_input).permute(0, 3, 1, 2).contiguous()
-    outputs = [_compare(name, ours, theirs)
-               for name, ours, theirs in _outputs(keras, keras_model, torch_model, keras_input,
-                                                  torch_input)]
-    report = {
+    outputs = [
+        _compare(name, ours, theirs)
+        for name, ours, theirs in _outputs(
+            keras, keras_model, torch_model, keras_input, torch_input
+        )
+    ]
+    report: dict[str, Any] = {
         "file": str(path),
         "layout": keras_file.layout,
         "architecture": describe_config(config),
         "config": {k: config[k] for k in ARCHITECTURE_KEYS if k in config},
-        "inputs": {"images": sources, "shape": list(keras_input.shape),
-                   "preprocessing": _preprocessing_name(family, torch_config)},
+        "inputs": {
+            "images": sources,
+            "shape": list(keras_input.shape),
+            "preprocessing": _preprocessing_name(family, torch_config),
+        },
         "outputs": outputs,
         "tolerance": tolerance,
         "within_tolerance": all(o["relative_difference"] <= tolerance for o in outputs),
@@ -142,7 +188,8 @@ def check(path: Path, images=(), known: Optional[dict] = None, size: Optional[tu
     }
     if images and family in KERAS_APPLICATIONS:
         report["inputs"]["ours_vs_keras_preprocessing"] = _our_preprocessing_difference(
-            torch_config, images, rows, cols, keras_input)
+            torch_config, images, rows, cols, keras_input
+        )
     return report
 
 
@@ -160,19 +207,23 @@ def import_keras():
 
 def import_keras_cv():
     if importlib.util.find_spec("keras_cv") is None:
-        raise KerasUnavailable(f"the file holds a KerasCV backbone and KerasCV is not installed; "
-                               f"{KERAS_CV_EXTRA}")
+        raise KerasUnavailable(
+            f"the file holds a KerasCV backbone and KerasCV is not installed; {KERAS_CV_EXTRA}"
+        )
     import keras_cv
 
     return keras_cv
 
 
-def keras_application(keras, family: str, config: dict, input_shape: Optional[tuple]):
+def keras_application(keras, family: str, config: dict, input_shape: tuple | None):
     """The Keras model of `config` (random weights), logits rather than softmax, channels-last
     `input_shape` (None: Keras' dynamic default)."""
     builder = getattr(keras.applications, KERAS_APPLICATIONS[family])
-    kwargs = {k: config[k] for k in ("alpha", "include_top", "classes", "depth_multiplier",
-                                     "minimalistic") if k in config}
+    kwargs = {
+        k: config[k]
+        for k in ("alpha", "include_top", "classes", "depth_multiplier", "minimalistic")
+        if k in config
+    }
     if kwargs.get("include_top"):
         kwargs["classifier_activation"] = None
     else:
@@ -190,10 +241,12 @@ def _keras_model(keras, family: str, config: dict, layout: str, path: Path):
         if layout == "keras_cv_preset":
             return keras_cv.models.MobileNetV3Backbone.from_preset(str(path))
         kwargs = {k: config[k] for k in config if k.startswith("stackwise_")}
-        shape = _channels_last(config.get("input_shape")) or (None, None, 3)
         model = keras_cv.models.MobileNetV3Backbone(
-            **kwargs, include_rescaling=config.get("include_rescaling", True),
-            input_shape=shape, alpha=config.get("alpha", 1.0))
+            **kwargs,
+            include_rescaling=config.get("include_rescaling", True),
+            input_shape=_channels_last(config.get("input_shape")) or (None, None, 3),
+            alpha=config.get("alpha", 1.0),
+        )
     else:
         shape = _channels_last(config.get("input_shape"))
         if shape is None and config.get("include_top") and family in ("mobilenet", "mobilenet_v2"):
@@ -213,17 +266,19 @@ def _drop_softmax(keras, model) -> None:
         predictions.activation = keras.activations.linear
 
 
-def _channels_last(shape) -> Optional[tuple]:
+def _channels_last(shape) -> tuple | None:
     return None if not shape else (shape[1], shape[2], shape[0])
 
 
-def _input_size(keras_model, family: str, config: dict, size: Optional[tuple]) -> tuple:
+def _input_size(keras_model, family: str, config: dict, size: tuple | None) -> tuple:
     """The size to run at: the model's static size, else `size`, else 224x224."""
     static = tuple(keras_model.input_shape[1:3])
     if None not in static:
         if size is not None and tuple(size) != static:
-            raise ValueError(f"the model is built for {static[0]}x{static[1]} inputs; "
-                             f"--size {size[0]} {size[1]} does not fit it")
+            raise ValueError(
+                f"the model is built for {static[0]}x{static[1]} inputs; "
+                f"--size {size[0]} {size[1]} does not fit it"
+            )
         return static
     return tuple(size) if size else (DEFAULT_SIZE, DEFAULT_SIZE)
 
@@ -234,8 +289,9 @@ def _torch_config(keras, keras_model, config: dict) -> dict:
     family = config["family"]
     config = dict(config)
     height, width, channels = keras_model.input_shape[1:]
-    config["input_shape"] = (channels, height, width) if height and width else (channels, None,
-                                                                                None)
+    config["input_shape"] = (
+        (channels, height, width) if height and width else (channels, None, None)
+    )
     rescales = any(isinstance(layer, keras.layers.Rescaling) for layer in keras_model.layers)
     if family == "mobilenet_v3_backbone":
         config["include_rescaling"] = rescales
@@ -274,32 +330,38 @@ def _keras_preprocess(keras, family: str, torch_config: dict, pixels: np.ndarray
     module = _keras_preprocessing_module(family, torch_config)
     if module is None:
         return pixels
-    return np.asarray(getattr(keras.applications, module).preprocess_input(pixels.copy()),
-                      np.float32)
+    return np.asarray(
+        getattr(keras.applications, module).preprocess_input(pixels.copy()), np.float32
+    )
 
 
-def _keras_preprocessing_module(family: str, torch_config: dict) -> Optional[str]:
+def _keras_preprocessing_module(family: str, torch_config: dict) -> str | None:
     """The `keras.applications` module whose preprocess_input the model's input needs, if any."""
-    if family.startswith("mobilenet_v3") and family != "mobilenet_v3_backbone" and \
-            not torch_config.get("include_preprocessing", True):
+    if (
+        family.startswith("mobilenet_v3")
+        and family != "mobilenet_v3_backbone"
+        and not torch_config.get("include_preprocessing", True)
+    ):
         return "mobilenet_v2"  # V3 without its rescaling layer takes [-1, 1]
     return KERAS_PREPROCESSING.get(family)
 
 
 def _preprocessing_name(family: str, torch_config: dict) -> str:
     if family == "mobilenet_v3_backbone":
-        return "none (the model rescales)" if torch_config["include_rescaling"] else \
-            "pixels / 255"
+        return "none (the model rescales)" if torch_config["include_rescaling"] else "pixels / 255"
     module = _keras_preprocessing_module(family, torch_config)
-    return f"keras.applications.{module}.preprocess_input" if module else \
-        "none (the model rescales)"
+    return (
+        f"keras.applications.{module}.preprocess_input" if module else "none (the model rescales)"
+    )
 
 
-def _our_preprocessing_difference(torch_config: dict, images, rows: int, cols: int,
-                                  keras_input: np.ndarray) -> float:
+def _our_preprocessing_difference(
+    torch_config: dict, images, rows: int, cols: int, keras_input: np.ndarray
+) -> float:
     """max |KerasPreprocessing - Keras' pipeline| over the images: our presets, checked."""
-    preset = KerasPreprocessing.for_family(torch_config["family"], (rows, cols),
-                                           torch_config.get("include_preprocessing", True))
+    preset = KerasPreprocessing.for_family(
+        torch_config["family"], (rows, cols), torch_config.get("include_preprocessing", True)
+    )
     ours = torch.stack([preset(image) for image in images]).permute(0, 2, 3, 1).numpy()
     return float(np.abs(ours - keras_input).max())
 
@@ -319,23 +381,32 @@ def _outputs(keras, keras_model, torch_model, keras_input: np.ndarray, torch_inp
     runner = keras.Model(keras_model.inputs, keras_outputs)
     theirs = runner(keras_input, training=False)
     theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
-    output_name = "logits" if ours["output"].dim() == 2 and torch_model.config.get(
-        "include_top") else "features"
+    output_name = (
+        "logits"
+        if ours["output"].dim() == 2 and torch_model.config.get("include_top")
+        else "features"
+    )
     for name, expected in zip(names, theirs):
         got = ours[name].numpy()
         if got.ndim == 4:
             got = got.transpose(0, 2, 3, 1)
-        yield (output_name if name == "output" else name), got, \
-            np.asarray(keras.ops.convert_to_numpy(expected), np.float32)
+        yield (
+            (output_name if name == "output" else name),
+            got,
+            np.asarray(keras.ops.convert_to_numpy(expected), np.float32),
+        )
 
 
 def _compare(name: str, ours: np.ndarray, theirs: np.ndarray) -> dict:
     if ours.shape != theirs.shape:
-        raise ValueError(f"output {name!r}: PyTorch gives shape {ours.shape}, Keras "
-                         f"{theirs.shape}")
+        raise ValueError(f"output {name!r}: PyTorch gives shape {ours.shape}, Keras {theirs.shape}")
     difference = float(np.abs(ours - theirs).max())
-    result = {"output": name, "shape": list(ours.shape), "max_abs_difference": difference,
-              "relative_difference": difference / max(1.0, float(np.abs(theirs).max()))}
+    result = {
+        "output": name,
+        "shape": list(ours.shape),
+        "max_abs_difference": difference,
+        "relative_difference": difference / max(1.0, float(np.abs(theirs).max())),
+    }
     if name == "logits":
         result["top1_agreement"] = float((ours.argmax(1) == theirs.argmax(1)).mean())
         if ours.shape[1] >= 5:
@@ -345,8 +416,12 @@ def _compare(name: str, ours: np.ndarray, theirs: np.ndarray) -> dict:
 
 
 def _versions(keras) -> dict:
-    versions = {"torch-mobilenets": __version__, "torch": torch.__version__,
-                "keras": keras.__version__, "keras backend": keras.backend.backend()}
+    versions = {
+        "torch-mobilenets": __version__,
+        "torch": torch.__version__,
+        "keras": keras.__version__,
+        "keras backend": keras.backend.backend(),
+    }
     for package in ("tensorflow", "keras-cv"):
         try:
             versions[package] = importlib.metadata.version(package)
@@ -357,23 +432,34 @@ def _versions(keras) -> dict:
 
 def format_report(report: dict) -> str:
     inputs = report["inputs"]
-    images = inputs["images"] if isinstance(inputs["images"], str) else \
-        f"{len(inputs['images'])} images"
-    lines = [f"{report['file']}: {report['architecture']} ({report['layout']})",
-             f"inputs: {images}, NHWC {tuple(inputs['shape'])}, {inputs['preprocessing']}"]
+    images = (
+        inputs["images"] if isinstance(inputs["images"], str) else f"{len(inputs['images'])} images"
+    )
+    lines = [
+        f"{report['file']}: {report['architecture']} ({report['layout']})",
+        f"inputs: {images}, NHWC {tuple(inputs['shape'])}, {inputs['preprocessing']}",
+    ]
     if "ours_vs_keras_preprocessing" in inputs:
-        lines.append("our KerasPreprocessing vs Keras' pipeline: max |difference| "
-                     f"{inputs['ours_vs_keras_preprocessing']:.1e}")
-    header = f"{'output':10s} {'shape':22s} {'max abs':>9s} {'relative':>9s} {'top-1':>6s} " \
-             f"{'top-5':>6s}"
+        lines.append(
+            "our KerasPreprocessing vs Keras' pipeline: max |difference| "
+            f"{inputs['ours_vs_keras_preprocessing']:.1e}"
+        )
+    header = (
+        f"{'output':10s} {'shape':22s} {'max abs':>9s} {'relative':>9s} {'top-1':>6s} {'top-5':>6s}"
+    )
     lines += ["", header, "-" * len(header)]
     for o in report["outputs"]:
-        agreement = [f"{o[k]:6.0%}" if k in o else f"{'-':>6s}"
-                     for k in ("top1_agreement", "top5_agreement")]
-        lines.append(f"{o['output']:10s} {str(tuple(o['shape'])):22s} "
-                     f"{o['max_abs_difference']:9.2e} {o['relative_difference']:9.2e} "
-                     + " ".join(agreement))
+        agreement = [
+            f"{o[k]:6.0%}" if k in o else f"{'-':>6s}" for k in ("top1_agreement", "top5_agreement")
+        ]
+        lines.append(
+            f"{o['output']:10s} {tuple(o['shape'])!s:22s} "
+            f"{o['max_abs_difference']:9.2e} {o['relative_difference']:9.2e} " + " ".join(agreement)
+        )
     verdict = "within" if report["within_tolerance"] else "OUTSIDE"
-    lines += ["", f"{verdict} the tolerance {report['tolerance']:g} (relative)",
-              "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items())]
+    lines += [
+        "",
+        f"{verdict} the tolerance {report['tolerance']:g} (relative)",
+        "versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()),
+    ]
     return "\n".join(lines)

@@ -32,21 +32,35 @@ weights, 4 download failure, 130 interrupted."""
 
 
 def add_parser(subcommands) -> None:
-    parser = subcommands.add_parser("predict", help="ImageNet top classes of images",
-                                    description=__doc__.split("\n\n")[1], epilog=EPILOG)
+    parser = subcommands.add_parser(
+        "predict",
+        help="ImageNet top classes of images",
+        description=__doc__.split("\n\n")[1],
+        epilog=EPILOG,
+    )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     classifiers = list(dict.fromkeys(c.family for c in list_weights()))
     parser.add_argument("--model", default="mobilenet_v2", choices=classifiers)
-    parser.add_argument("--weights", default="imagenet",
-                        help="'imagenet' (default: the official file, downloaded once) or a "
-                             "Keras weights file / converted .safetensors")
-    parser.add_argument("--alpha", type=float,
-                        help="width multiplier (default 1.0, or read from --weights FILE)")
-    parser.add_argument("--minimalistic", action=argparse.BooleanOptionalAction, default=None,
-                        help="V3 minimalistic variant (default: off, or read from --weights FILE)")
-    parser.add_argument("--size", type=int,
-                        help="square input size (default: 224; V1/V2 official files exist at "
-                             "128..224, V2 also 96)")
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (default: the official file, downloaded once) or a "
+        "Keras weights file / converted .safetensors",
+    )
+    parser.add_argument(
+        "--alpha", type=float, help="width multiplier (default 1.0, or read from --weights FILE)"
+    )
+    parser.add_argument(
+        "--minimalistic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="V3 minimalistic variant (default: off, or read from --weights FILE)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="square input size (default: 224; V1/V2 official files exist at 128..224, V2 also 96)",
+    )
     parser.add_argument("--top", type=int, default=5, help="classes to print per image")
     add_debug(parser)
     parser.set_defaults(run=run)
@@ -54,8 +68,11 @@ def add_parser(subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # ValueError: weights that do not fit; OSError: unreadable images (DownloadError first).
-    return run_guarded(args, _predict, {DownloadError: EXIT_DOWNLOAD, ValueError: EXIT_BAD_INPUT,
-                                        OSError: EXIT_BAD_INPUT})
+    return run_guarded(
+        args,
+        _predict,
+        {DownloadError: EXIT_DOWNLOAD, ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -91,8 +108,9 @@ def _file_architecture(path: Path, family: str) -> dict:
     else:
         config = file_config(read(path), family=family)
     if config.get("include_top") is False:
-        raise WeightsFileError(f"{path}: holds a model without its classifier (no top); "
-                               "predicting needs the top")
+        raise WeightsFileError(
+            f"{path}: holds a model without its classifier (no top); predicting needs the top"
+        )
     return {k: config[k] for k in ("alpha", "minimalistic") if k in config}
 
 

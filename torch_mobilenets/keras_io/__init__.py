@@ -2,12 +2,31 @@
 with a model's and inferring its architecture (`pairing`), safetensors checkpoints, conversion
 and loading (`checkpoints`), and the legacy Keras `.h5` writer (`writer`)."""
 
-from .checkpoints import (METADATA_KEY, convert, load_weights, read_safetensors, save_checkpoint,
-                          sha256)
+from .checkpoints import (
+    METADATA_KEY,
+    convert,
+    load_weights,
+    read_safetensors,
+    save_checkpoint,
+    sha256,
+)
 from .pairing import build, describe_config, file_config, infer_config, read
 from .reader import WeightsFileError
 from .writer import safetensors_to_keras, save_keras_h5
 
-__all__ = ["METADATA_KEY", "WeightsFileError", "build", "convert", "describe_config",
-           "file_config", "infer_config", "load_weights", "read", "read_safetensors",
-           "safetensors_to_keras", "save_checkpoint", "save_keras_h5", "sha256"]
+__all__ = [
+    "METADATA_KEY",
+    "WeightsFileError",
+    "build",
+    "convert",
+    "describe_config",
+    "file_config",
+    "infer_config",
+    "load_weights",
+    "read",
+    "read_safetensors",
+    "safetensors_to_keras",
+    "save_checkpoint",
+    "save_keras_h5",
+    "sha256",
+]

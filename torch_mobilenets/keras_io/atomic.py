@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .reader import WeightsFileError
 
@@ -34,9 +34,9 @@ def atomic_write(dst: Path, write: Callable[[str], object]) -> None:
         raise
 
 
-
 def atomic_write_text(dst: Path, text: str) -> None:
     """`text` into `dst`, atomically (see `atomic_write`)."""
+
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

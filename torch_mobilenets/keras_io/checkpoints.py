@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Optional
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -22,7 +21,14 @@ from ..models import FAMILIES
 from ..nn.graph import KerasModel
 from . import reader
 from .atomic import atomic_write, check_output_directory
-from .pairing import build, describe_config, file_config, keras_state_dict, read, what_the_file_holds
+from .pairing import (
+    build,
+    describe_config,
+    file_config,
+    keras_state_dict,
+    read,
+    what_the_file_holds,
+)
 from .reader import WeightsFileError, check_input_file, nonfinite, one_line, reading
 
 METADATA_KEY = "torch_mobilenets"
@@ -52,13 +58,18 @@ def convert(src, dst, *, allow_nonfinite: bool = False, **known) -> dict:
     state = keras_state_dict(keras_file, build(config, "meta"))
     # One metadata entry: safetensors writes its metadata map in no fixed order, and a
     # conversion should give the same bytes every time.
-    metadata = {METADATA_KEY: json.dumps({
-        "config": config,
-        "source_file": src.name,
-        "source_sha256": sha256(keras_file.path),  # a preset folder: its weights file
-        "source_layout": keras_file.layout,
-        "converter_version": __version__,
-    }, sort_keys=True)}
+    metadata = {
+        METADATA_KEY: json.dumps(
+            {
+                "config": config,
+                "source_file": src.name,
+                "source_sha256": sha256(keras_file.path),  # a preset folder: its weights file
+                "source_layout": keras_file.layout,
+                "converter_version": __version__,
+            },
+            sort_keys=True,
+        )
+    }
     atomic_write(dst, lambda tmp: save_file(state, tmp, metadata))
     return config
 
@@ -66,8 +77,11 @@ def convert(src, dst, *, allow_nonfinite: bool = False, **known) -> dict:
 def save_checkpoint(model: KerasModel, path) -> None:
     """The model's state dict as safetensors, with its config; written atomically."""
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {METADATA_KEY: json.dumps({"config": _jsonable(model.config),
-                                          "converter_version": __version__}, sort_keys=True)}
+    metadata = {
+        METADATA_KEY: json.dumps(
+            {"config": _jsonable(model.config), "converter_version": __version__}, sort_keys=True
+        )
+    }
     atomic_write(Path(path), lambda tmp: save_file(state, tmp, metadata))
 
 
@@ -75,13 +89,16 @@ def _jsonable(config: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
-
-
 # The dtypes a checkpoint of these models holds: float32 weights, int64 BatchNorm step counts.
 _SAFETENSORS_DTYPES = {"F32": 4, "I64": 8}
 # The config entries whose types code reading a checkpoint's config relies on.
-_CONFIG_TYPES = {"alpha": (int, float), "depth_multiplier": int, "classes": int,
-                 "include_top": bool, "minimalistic": bool}
+_CONFIG_TYPES: dict[str, type | tuple[type, ...]] = {
+    "alpha": (int, float),
+    "depth_multiplier": int,
+    "classes": int,
+    "include_top": bool,
+    "minimalistic": bool,
+}
 
 
 def read_safetensors(path, allow_nonfinite: bool = False) -> tuple:
@@ -105,7 +122,8 @@ def read_safetensors(path, allow_nonfinite: bool = False) -> tuple:
             if found:
                 raise WeightsFileError(
                     f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} holds {found}; pass "
-                    "allow_nonfinite=True to load it anyway")
+                    "allow_nonfinite=True to load it anyway"
+                )
     return state, config
 
 
@@ -119,37 +137,48 @@ def _check_safetensors_entries(path: Path, f, keys: list) -> None:
         entry = f.get_slice(key)
         dtype, shape = entry.get_dtype(), entry.get_shape()
         if dtype not in _SAFETENSORS_DTYPES:
-            raise WeightsFileError(f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key!r} is {dtype}; "
-                                   "weights must be float32 (F32)")
+            raise WeightsFileError(
+                f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key!r} is {dtype}; "
+                "weights must be float32 (F32)"
+            )
         nbytes = _SAFETENSORS_DTYPES[dtype] * math.prod(shape)
         total += nbytes
         if nbytes > reader.MAX_TENSOR_BYTES or total > reader.MAX_FILE_BYTES:
             raise WeightsFileError(f"{path}: {key!r} has shape {shape}, over the size limits")
 
 
-def _metadata_config(path: Path, metadata: dict) -> Optional[dict]:
+def _metadata_config(path: Path, metadata: dict) -> dict | None:
     """The config a converted checkpoint records, checked: other code takes it at its word."""
     if METADATA_KEY not in metadata:
         return None
     recorded = json.loads(metadata[METADATA_KEY])
     config = recorded.get("config") if isinstance(recorded, dict) else None
     if not _valid_config(config):
-        raise WeightsFileError(f"{path}: unreadable '{METADATA_KEY}' metadata: its config is "
-                               f"not a model configuration ({one_line(config)[:200]})")
+        raise WeightsFileError(
+            f"{path}: unreadable '{METADATA_KEY}' metadata: its config is "
+            f"not a model configuration ({one_line(config)[:200]})"
+        )
     return config
 
 
 def _valid_config(config) -> bool:
-    if not isinstance(config, dict) or not isinstance(config.get("family"), str) \
-            or config["family"] not in FAMILIES:
+    if (
+        not isinstance(config, dict)
+        or not isinstance(config.get("family"), str)
+        or config["family"] not in FAMILIES
+    ):
         return False
     # A bool is an int to Python, but is no width or class count.
-    return all(isinstance(config[k], kinds) and (kinds is bool or not isinstance(config[k], bool))
-               for k, kinds in _CONFIG_TYPES.items() if k in config)
+    return all(
+        isinstance(config[k], kinds) and (kinds is bool or not isinstance(config[k], bool))
+        for k, kinds in _CONFIG_TYPES.items()
+        if k in config
+    )
 
 
-def load_weights(model: KerasModel, path, assign: bool = False,
-                 allow_nonfinite: bool = False) -> KerasModel:
+def load_weights(
+    model: KerasModel, path, assign: bool = False, allow_nonfinite: bool = False
+) -> KerasModel:
     """Load a Keras weights file (any layout) or a converted `.safetensors` into `model`.
 
     All-or-nothing: the file must fill every parameter and buffer with tensors of the right
@@ -165,7 +194,8 @@ def load_weights(model: KerasModel, path, assign: bool = False,
         if config and config.get("family") != model.config["family"]:
             raise WeightsFileError(
                 f"{path}: holds weights for {describe_config(config)}, not for model "
-                f"{model.name!r} ({describe_config(model.config)})")
+                f"{model.name!r} ({describe_config(model.config)})"
+            )
         _check_state(path, state, model, config)
     else:
         keras_file = read(path, allow_nonfinite)
@@ -181,8 +211,9 @@ def load_weights(model: KerasModel, path, assign: bool = False,
     return model
 
 
-def _check_state(path: Path, state: dict, model: KerasModel, config: Optional[dict],
-                 dtypes: bool = True) -> None:
+def _check_state(
+    path: Path, state: dict, model: KerasModel, config: dict | None, dtypes: bool = True
+) -> None:
     expected = model.state_dict()
     hint = f" The file holds {describe_config(config)}." if config else ""
     missing = [k for k in expected if k not in state]
@@ -192,14 +223,17 @@ def _check_state(path: Path, state: dict, model: KerasModel, config: Optional[di
             f"{path}: does not fit model {model.name!r} ({describe_config(model.config)}): "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''} "
             f"({len(missing)}), unexpected {unexpected[:5]}"
-            f"{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}).{hint}")
+            f"{'...' if len(unexpected) > 5 else ''} ({len(unexpected)}).{hint}"
+        )
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             layer = key.rsplit(".", 1)[0]
             raise WeightsFileError(
                 f"{path}: layer {layer!r}: {key} has shape {tuple(tensor.shape)}, model "
-                f"{model.name!r} expects {tuple(expected[key].shape)}.{hint}")
+                f"{model.name!r} expects {tuple(expected[key].shape)}.{hint}"
+            )
         if dtypes and tensor.dtype != expected[key].dtype:
             raise WeightsFileError(
                 f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} is {tensor.dtype}, model "
-                f"expects {expected[key].dtype}")
+                f"expects {expected[key].dtype}"
+            )

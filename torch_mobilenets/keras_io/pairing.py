@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 from contextlib import nullcontext
-from typing import Optional
 
 import torch
 
@@ -22,12 +21,24 @@ from .reader import FileLayer, KerasFile, WeightsFileError, read_keras_file
 
 # The config entries that decide the weights' shapes; the rest (input size, pooling, dropout,
 # activation, preprocessing) can be chosen freely when loading.
-ARCHITECTURE_KEYS = ("family", "alpha", "depth_multiplier", "minimalistic", "include_top",
-                     "classes", "stackwise_expansion", "stackwise_filters",
-                     "stackwise_kernel_size", "stackwise_stride", "stackwise_se_ratio",
-                     "stackwise_activation")
+ARCHITECTURE_KEYS = (
+    "family",
+    "alpha",
+    "depth_multiplier",
+    "minimalistic",
+    "include_top",
+    "classes",
+    "stackwise_expansion",
+    "stackwise_filters",
+    "stackwise_kernel_size",
+    "stackwise_stride",
+    "stackwise_se_ratio",
+    "stackwise_activation",
+)
 # Widths tried when inferring alpha: the official ones first, then a fine grid.
-ALPHA_CANDIDATES = [1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4] + [round(0.05 * i, 2) for i in range(2, 61)]
+ALPHA_CANDIDATES = [1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4] + [
+    round(0.05 * i, 2) for i in range(2, 61)
+]
 
 
 def read(path, allow_nonfinite: bool = False) -> KerasFile:
@@ -46,9 +57,13 @@ def _aligned(keras_file: KerasFile, targets: list) -> list:
     sequence for legacy files, one pair of lists per Keras class for Keras 3 files."""
     if keras_file.ordered:
         return [(keras_file.layers, targets)]
-    return [([f for f in keras_file.layers if keras_class in f.classes],
-             [(n, m) for n, m in targets if m.keras_class == keras_class])
-            for keras_class in sorted({m.keras_class for _, m in targets})]
+    return [
+        (
+            [f for f in keras_file.layers if keras_class in f.classes],
+            [(n, m) for n, m in targets if m.keras_class == keras_class],
+        )
+        for keras_class in sorted({m.keras_class for _, m in targets})
+    ]
 
 
 def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
@@ -59,34 +74,45 @@ def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
     if unknown:
         raise WeightsFileError(
             f"{keras_file.path}: layer {unknown[0].describe()} is of a class no "
-            f"{model.name!r} layer has")
+            f"{model.name!r} layer has"
+        )
     pairs = []
     for file_layers, model_layers in groups:
         for i in range(max(len(file_layers), len(model_layers))):
-            fits = i < len(file_layers) and i < len(model_layers) and \
-                _mismatch(file_layers[i], model_layers[i][1]) is None
+            fits = (
+                i < len(file_layers)
+                and i < len(model_layers)
+                and _mismatch(file_layers[i], model_layers[i][1]) is None
+            )
             if fits:
                 pairs.append((file_layers[i], *model_layers[i]))
                 continue
             # Say which side has a layer the other lacks when skipping it realigns the two.
-            if i >= len(file_layers) or (i + 1 < len(model_layers) and i < len(file_layers)
-                                         and not _mismatch(file_layers[i], model_layers[i + 1][1])):
+            if i >= len(file_layers) or (
+                i + 1 < len(model_layers)
+                and i < len(file_layers)
+                and not _mismatch(file_layers[i], model_layers[i + 1][1])
+            ):
                 name, module = model_layers[i]
                 raise WeightsFileError(
                     f"{keras_file.path}: the file has no weights for layer {name!r} "
                     f"({module.keras_class}, expected shapes {module.keras_shapes()}): it holds "
                     f"{len(file_layers)} such layers, model {model.name!r} has "
-                    f"{len(model_layers)}")
-            if i >= len(model_layers) or (i + 1 < len(file_layers)
-                                          and not _mismatch(file_layers[i + 1], model_layers[i][1])):
+                    f"{len(model_layers)}"
+                )
+            if i >= len(model_layers) or (
+                i + 1 < len(file_layers) and not _mismatch(file_layers[i + 1], model_layers[i][1])
+            ):
                 raise WeightsFileError(
                     f"{keras_file.path}: layer {file_layers[i].describe()} has no counterpart in "
                     f"model {model.name!r}: the file holds {len(file_layers)} such layers, the "
-                    f"model {len(model_layers)}")
+                    f"model {len(model_layers)}"
+                )
             name, module = model_layers[i]
             raise WeightsFileError(
                 f"{keras_file.path}: layer {file_layers[i].name!r} does not fit model layer "
-                f"{name!r} ({module.keras_class}): {_mismatch(file_layers[i], module)}")
+                f"{name!r} ({module.keras_class}): {_mismatch(file_layers[i], module)}"
+            )
     return pairs
 
 
@@ -100,7 +126,7 @@ def _arrays(file_layer: FileLayer, module) -> list:
     return [a for sub in order for a, owner in zip(file_layer.arrays, owners) if owner == sub]
 
 
-def _mismatch(file_layer: FileLayer, module) -> Optional[str]:
+def _mismatch(file_layer: FileLayer, module) -> str | None:
     if module.keras_class not in file_layer.classes:
         return f"the file's layer is a {'/'.join(sorted(file_layer.classes)) or 'unknown class'}"
     expected = module.keras_shapes()
@@ -131,8 +157,11 @@ def what_the_file_holds(keras_file: KerasFile, model: KerasModel) -> str:
 
 
 def describe_config(config: dict) -> str:
-    parts = [f"{k}={config[k]!r}" for k in ARCHITECTURE_KEYS[1:]
-             if k in config and not isinstance(config[k], list)]
+    parts = [
+        f"{k}={config[k]!r}"
+        for k in ARCHITECTURE_KEYS[1:]
+        if k in config and not isinstance(config[k], list)
+    ]
     if "stackwise_filters" in config:
         parts.append(f"{len(config['stackwise_filters'])} blocks")
     return f"{config['family']} ({', '.join(parts)})"
@@ -171,7 +200,8 @@ def infer_config(keras_file: KerasFile, _quiet: bool = False, **known) -> dict:
     raise WeightsFileError(
         f"{keras_file.path}: no MobileNet configuration{given} fits the file's "
         f"{len(keras_file.layers)} weighted layers; if it is a MobileNet with an unusual width, "
-        "pass the architecture explicitly (family, alpha, depth multiplier, top, classes)")
+        "pass the architecture explicitly (family, alpha, depth multiplier, top, classes)"
+    )
 
 
 def _choices(known: dict, key: str, default):
@@ -185,12 +215,15 @@ def _variants(builder, params, known: dict) -> list:
         return [dict(v) for v in builder.architecture_variants]
     variants = [{"include_top": top} for top in _choices(known, "include_top", (True, False))]
     if "minimalistic" in params:
-        variants = [dict(v, minimalistic=m) for v in variants
-                    for m in _choices(known, "minimalistic", (False, True))]
+        variants = [
+            dict(v, minimalistic=m)
+            for v in variants
+            for m in _choices(known, "minimalistic", (False, True))
+        ]
     return variants
 
 
-def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> Optional[dict]:
+def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> dict | None:
     # At alpha 1 a wrong family or top fails on layer counts or classes already; only then is it
     # worth reading the classes and multiplier off the file and scanning the widths.
     probe = dict(base, alpha=known.get("alpha", 1.0))
@@ -203,10 +236,12 @@ def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> Op
         last = pairs[weighted_layers(model)[-1][0]]
         probe["classes"] = known.get("classes", last.arrays[0].shape[-1])
     if "depth_multiplier" in params:
-        first_depthwise = next(n for n, m in weighted_layers(model)
-                               if m.keras_class == "DepthwiseConv2D")
-        probe["depth_multiplier"] = known.get("depth_multiplier",
-                                              pairs[first_depthwise].arrays[0].shape[-1])
+        first_depthwise = next(
+            n for n, m in weighted_layers(model) if m.keras_class == "DepthwiseConv2D"
+        )
+        probe["depth_multiplier"] = known.get(
+            "depth_multiplier", pairs[first_depthwise].arrays[0].shape[-1]
+        )
     for alpha in [known["alpha"]] if "alpha" in known else ALPHA_CANDIDATES:
         config = dict(probe, alpha=alpha)
         try:
@@ -222,13 +257,17 @@ def _counts_fit(keras_file: KerasFile, model: KerasModel) -> bool:
     return len(targets) == len(keras_file.layers) and all(
         len(file_layers) == len(model_layers)
         and all(m.keras_class in f.classes for f, (_, m) in zip(file_layers, model_layers))
-        for file_layers, model_layers in _aligned(keras_file, targets))
+        for file_layers, model_layers in _aligned(keras_file, targets)
+    )
 
 
 def _pair_positions(keras_file: KerasFile, model: KerasModel) -> dict:
     """Model layer name -> file layer, by position only (no shape check)."""
-    return {name: f for file_layers, model_layers in _aligned(keras_file, weighted_layers(model))
-            for f, (name, _) in zip(file_layers, model_layers)}
+    return {
+        name: f
+        for file_layers, model_layers in _aligned(keras_file, weighted_layers(model))
+        for f, (name, _) in zip(file_layers, model_layers)
+    }
 
 
 def file_config(keras_file: KerasFile, **known) -> dict:
@@ -242,12 +281,15 @@ def file_config(keras_file: KerasFile, **known) -> dict:
         except ValueError as error:
             raise WeightsFileError(
                 f"{keras_file.path}: the model config saved in the file gives input shape "
-                f"{input_shape}, which {config['family']} refuses: {error}") from error
+                f"{input_shape}, which {config['family']} refuses: {error}"
+            ) from error
     return config
 
 
-def _config_input_shape(model_config: Optional[dict]) -> Optional[list]:
+def _config_input_shape(model_config: dict | None) -> list | None:
     """The static NCHW input shape a saved Keras model config records, if any."""
+    if model_config is None:
+        return None
     try:
         layers = model_config["config"]["layers"]
         spec = layers[0]["config"]
@@ -259,5 +301,3 @@ def _config_input_shape(model_config: Optional[dict]) -> Optional[list]:
     if not all(type(d) is int and 0 < d <= 1 << 16 for d in (height, width, channels)):
         return None
     return [channels, height, width]
-
-

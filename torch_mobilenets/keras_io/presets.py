@@ -21,7 +21,8 @@ def preset_arguments(folder: Path) -> tuple[dict, bool]:
             raise WeightsFileError(f"{config_file}: 'config' is not a JSON object")
     if "MobileNetV3Backbone" not in str(saved.get("registered_name", saved.get("class_name"))):
         raise WeightsFileError(
-            f"{folder}: holds a {saved.get('class_name')}, not a MobileNetV3Backbone")
+            f"{folder}: holds a {saved.get('class_name')}, not a MobileNetV3Backbone"
+        )
     arguments = {k: config[k] for k in (*STACKWISE, "include_rescaling", "alpha") if k in config}
     if config.get("input_shape"):
         height, width, channels = config["input_shape"]

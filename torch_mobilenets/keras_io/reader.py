@@ -56,7 +56,6 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import h5py
 import numpy as np
@@ -78,9 +77,21 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # What h5py, zipfile, zlib, json and numpy raise on damaged input. RuntimeError is most of h5py's
 # errors (and RecursionError from deeply nested JSON); ValueError covers UnicodeDecodeError and
 # json.JSONDecodeError.
-_READ_ERRORS = (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, RuntimeError,
-                OverflowError, MemoryError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
-                struct.error)
+_READ_ERRORS = (
+    OSError,
+    EOFError,
+    KeyError,
+    IndexError,
+    TypeError,
+    ValueError,
+    RuntimeError,
+    OverflowError,
+    MemoryError,
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    struct.error,
+)
 
 
 class WeightsFileError(ValueError):
@@ -99,8 +110,10 @@ class FileLayer:
     variables: list = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{self.name!r} ({'/'.join(sorted(self.classes))}, shapes " \
-               f"{[tuple(a.shape) for a in self.arrays]})"
+        return (
+            f"{self.name!r} ({'/'.join(sorted(self.classes))}, shapes "
+            f"{[tuple(a.shape) for a in self.arrays]})"
+        )
 
 
 @dataclass
@@ -111,7 +124,7 @@ class KerasFile:
     # True when `layers` is in the model's global order; False when only the order within each
     # Keras class is known (Keras 3 files).
     ordered: bool
-    model_config: Optional[dict] = None
+    model_config: dict | None = None
 
 
 def snake_case(class_name: str) -> str:
@@ -136,11 +149,10 @@ def reading(path, extra_errors: tuple = (), what: str = "unreadable or damaged f
         raise
     except _READ_ERRORS + tuple(extra_errors) as error:
         detail = one_line(error) or "no detail"
-        raise WeightsFileError(
-            f"{path}: {what} ({type(error).__name__}: {detail})") from error
+        raise WeightsFileError(f"{path}: {what} ({type(error).__name__}: {detail})") from error
 
 
-def check_input_file(path: Path, limit: Optional[int] = None) -> int:
+def check_input_file(path: Path, limit: int | None = None) -> int:
     """An existing, regular, non-empty file of at most `limit` bytes (MAX_FILE_BYTES); returns
     its size. Anything else (a FIFO, a device) could block or never end."""
     limit = MAX_FILE_BYTES if limit is None else limit
@@ -156,7 +168,7 @@ def check_input_file(path: Path, limit: Optional[int] = None) -> int:
     return size
 
 
-def nonfinite(values: np.ndarray) -> Optional[str]:
+def nonfinite(values: np.ndarray) -> str | None:
     """'2 NaN and 1 infinite values' if `values` holds any, else None."""
     finite = np.isfinite(values)
     if finite.all():
@@ -172,7 +184,8 @@ def check_finite(keras_file: KerasFile) -> None:
             if found:
                 raise WeightsFileError(
                     f"{keras_file.path}: layer {layer.name!r}, variable {variable!r} holds "
-                    f"{found}; pass allow_nonfinite=True (--allow-nonfinite) to accept it")
+                    f"{found}; pass allow_nonfinite=True (--allow-nonfinite) to accept it"
+                )
 
 
 # ---------------------------------------------------------------------------------- entry
@@ -201,7 +214,8 @@ def _read_file(path: Path, known_classes) -> KerasFile:
         return _read_keras_archive(path, known_classes)
     if not h5py.is_hdf5(path):
         raise WeightsFileError(
-            f"{path}: not a Keras weights file (neither HDF5 nor a .keras zip archive)")
+            f"{path}: not a Keras weights file (neither HDF5 nor a .keras zip archive)"
+        )
     with h5py.File(path, "r") as f:
         return _HDF5Reader(path, known_classes).read(f)
 
@@ -220,7 +234,8 @@ def _read_preset_folder(path: Path, known_classes) -> KerasFile:
     if not isinstance(weights, str) or Path(weights).name != weights or weights in (".", ".."):
         raise WeightsFileError(
             f"{config_file}: names the weights file {weights!r}; only a file inside the preset "
-            "folder is read")
+            "folder is read"
+        )
     keras_file = _read_file(path / weights, known_classes)  # a file: no folder within a folder
     keras_file.layout, keras_file.model_config = "keras_cv_preset", config
     return keras_file
@@ -231,7 +246,8 @@ def _read_keras_archive(path: Path, known_classes) -> KerasFile:
         data = _zip_entry(archive, path, "model.weights.h5", MAX_FILE_BYTES)
         if data is None:
             raise WeightsFileError(
-                f"{path}: a zip archive without 'model.weights.h5': not a .keras file")
+                f"{path}: a zip archive without 'model.weights.h5': not a .keras file"
+            )
         config_data = _zip_entry(archive, path, "config.json", MAX_JSON_BYTES)
     config = None
     if config_data is not None:
@@ -246,7 +262,7 @@ def _read_keras_archive(path: Path, known_classes) -> KerasFile:
     return keras_file
 
 
-def _zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> Optional[bytes]:
+def _zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes | None:
     """The unpacked entry, or None if absent; checked before unpacking (zip bombs)."""
     try:
         info = archive.getinfo(name)
@@ -257,16 +273,19 @@ def _zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> O
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise WeightsFileError(
             f"{path}: {name!r} in the archive uses zip compression method {info.compress_type}; "
-            "only stored and deflated entries are read")
+            "only stored and deflated entries are read"
+        )
     if info.file_size > limit:
         raise WeightsFileError(
             f"{path}: {name!r} in the archive unpacks to {info.file_size} bytes, over the limit "
-            f"of {limit}")
+            f"of {limit}"
+        )
     with archive.open(info) as entry:
         data = entry.read(limit + 1)  # the header may lie about the size: never take more
     if len(data) > limit:
         raise WeightsFileError(
-            f"{path}: {name!r} in the archive unpacks to more than {limit} bytes")
+            f"{path}: {name!r} in the archive unpacks to more than {limit} bytes"
+        )
     return data
 
 
@@ -287,15 +306,22 @@ class _HDF5Reader:
             return KerasFile(self.path, "legacy_h5", self.legacy(f), True)
         model_weights = self.child(f, "model_weights")
         if isinstance(model_weights, h5py.Group) and _has_list_attr(model_weights, "layer_names"):
-            return KerasFile(self.path, "legacy_full_model_h5", self.legacy(model_weights), True,
-                             self.json_attr(f, "model_config"))
+            return KerasFile(
+                self.path,
+                "legacy_full_model_h5",
+                self.legacy(model_weights),
+                True,
+                self.json_attr(f, "model_config"),
+            )
         layers = self.child(f, "layers")
         if isinstance(layers, h5py.Group):
-            return KerasFile(self.path, "keras3_weights_h5", self.keras3(layers), False,
-                             model_config)
+            return KerasFile(
+                self.path, "keras3_weights_h5", self.keras3(layers), False, model_config
+            )
         raise self.error(
             "an HDF5 file, but not in any Keras layout (no 'layer_names' attribute, "
-            "'model_weights' group or 'layers' group)")
+            "'model_weights' group or 'layers' group)"
+        )
 
     # -------------------------------------------------------------- links, attributes, arrays
     def child(self, group, name: str):
@@ -314,8 +340,10 @@ class _HDF5Reader:
             kind = node.id.links.get_info(key).type
             if kind != h5py.h5l.TYPE_HARD:
                 link = f"{node.name.rstrip('/')}/{part}"
-                raise self.error(f"{link!r} is {_LINK_KINDS.get(kind, 'a user-defined link')}; "
-                                 "links are refused, not followed")
+                raise self.error(
+                    f"{link!r} is {_LINK_KINDS.get(kind, 'a user-defined link')}; "
+                    "links are refused, not followed"
+                )
             node = node[part]
         return node
 
@@ -324,14 +352,17 @@ class _HDF5Reader:
         attr_id = obj.attrs.get_id(attr)
         count = math.prod(attr_id.shape or ())
         if count > limit:
-            raise self.error(f"attribute {attr!r} of {obj.name!r} lists {count} names, over the "
-                             f"limit of {limit}")
+            raise self.error(
+                f"attribute {attr!r} of {obj.name!r} lists {count} names, over the limit of {limit}"
+            )
         if count == 0:  # Keras 2 writes an empty float64 array for layers without weights
             return []
         dtype = attr_id.dtype
         if len(attr_id.shape) != 1 or h5py.check_string_dtype(dtype) is None:
-            raise self.error(f"attribute {attr!r} of {obj.name!r} is not a list of names "
-                             f"(shape {attr_id.shape}, {dtype})")
+            raise self.error(
+                f"attribute {attr!r} of {obj.name!r} is not a list of names "
+                f"(shape {attr_id.shape}, {dtype})"
+            )
         if dtype.itemsize * count > MAX_JSON_BYTES:  # fixed-length strings
             raise self.error(f"attribute {attr!r} of {obj.name!r} is over {MAX_JSON_BYTES} bytes")
         return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in obj.attrs[attr]]
@@ -341,27 +372,32 @@ class _HDF5Reader:
         an object header at 64 KB); [] if absent."""
         if name in obj.attrs:
             return self.strings(obj, name, limit)
-        values, chunk = [], 0
+        values: list[str] = []
+        chunk = 0
         while f"{name}{chunk}" in obj.attrs:
             values += self.strings(obj, f"{name}{chunk}", limit - len(values))
             chunk += 1
             if chunk > limit:
-                raise self.error(f"attribute {name!r} of {obj.name!r} is split into more than "
-                                 f"{limit} parts")
+                raise self.error(
+                    f"attribute {name!r} of {obj.name!r} is split into more than {limit} parts"
+                )
         return values
 
-    def scalar_string(self, obj, attr: str) -> Optional[str]:
+    def scalar_string(self, obj, attr: str) -> str | None:
         if attr not in obj.attrs:
             return None
         attr_id = obj.attrs.get_id(attr)
         dtype = attr_id.dtype
-        if attr_id.shape != () or h5py.check_string_dtype(dtype) is None \
-                or dtype.itemsize > MAX_JSON_BYTES:
+        if (
+            attr_id.shape != ()
+            or h5py.check_string_dtype(dtype) is None
+            or dtype.itemsize > MAX_JSON_BYTES
+        ):
             return None
         value = obj.attrs[attr]
         return value.decode("utf8") if isinstance(value, bytes) else str(value)
 
-    def json_attr(self, obj, attr: str) -> Optional[dict]:
+    def json_attr(self, obj, attr: str) -> dict | None:
         """Optional JSON (a full model's `model_config`): None when absent or not an object."""
         text = self.scalar_string(obj, attr)
         if text is None or len(text) > MAX_JSON_BYTES:
@@ -377,11 +413,14 @@ class _HDF5Reader:
         if not isinstance(dataset, h5py.Dataset):
             raise self.error(f"{where}: {dataset.name!r} is not a dataset")
         if dataset.is_virtual:
-            raise self.error(f"{where}: {dataset.name!r} is a virtual dataset (its data lives in "
-                             "other files); refused, not followed")
+            raise self.error(
+                f"{where}: {dataset.name!r} is a virtual dataset (its data lives in "
+                "other files); refused, not followed"
+            )
         if dataset.external:
-            raise self.error(f"{where}: {dataset.name!r} keeps its data in external files; "
-                             "refused, not followed")
+            raise self.error(
+                f"{where}: {dataset.name!r} keeps its data in external files; refused, not followed"
+            )
         plist = dataset.id.get_create_plist()
         for i in range(plist.get_nfilters()):
             code, _, _, filter_name = plist.get_filter(i)
@@ -389,20 +428,24 @@ class _HDF5Reader:
                 raise self.error(
                     f"{where}: {dataset.name!r} is stored through HDF5 filter {code} "
                     f"({filter_name.decode(errors='replace')}); compressed or filtered weights "
-                    "are refused (Keras writes none)")
+                    "are refused (Keras writes none)"
+                )
         dtype = dataset.dtype
         if dtype.kind != "f" or dtype.itemsize != 4:
             raise self.error(f"{where}: {dataset.name!r} holds {dtype}; weights must be float32")
         shape = dataset.shape
         if shape is None or len(shape) == 0 or math.prod(shape) == 0:
-            raise self.error(f"{where}: {dataset.name!r} has shape {shape}; weights are "
-                             "non-empty arrays")
+            raise self.error(
+                f"{where}: {dataset.name!r} has shape {shape}; weights are non-empty arrays"
+            )
         nbytes = math.prod(shape) * 4
         chunk_bytes = math.prod(dataset.chunks) * 4 if dataset.chunks else 0
         if max(nbytes, chunk_bytes) > MAX_TENSOR_BYTES:
-            raise self.error(f"{where}: {dataset.name!r} has shape {shape} ({nbytes} bytes, "
-                             f"chunks {dataset.chunks}), over the limit of {MAX_TENSOR_BYTES} "
-                             "bytes")
+            raise self.error(
+                f"{where}: {dataset.name!r} has shape {shape} ({nbytes} bytes, "
+                f"chunks {dataset.chunks}), over the limit of {MAX_TENSOR_BYTES} "
+                "bytes"
+            )
         self.bytes_read += nbytes
         if self.bytes_read > MAX_FILE_BYTES:
             raise self.error(f"the tensors read add up to over {MAX_FILE_BYTES} bytes")
@@ -417,7 +460,8 @@ class _HDF5Reader:
             layer_group = self.child(group, layer_name)
             if not isinstance(layer_group, h5py.Group):
                 raise self.error(
-                    f"layer {layer_name!r} is listed in 'layer_names' but has no group")
+                    f"layer {layer_name!r} is listed in 'layer_names' but has no group"
+                )
             weight_names = self.list_attr(layer_group, "weight_names", MAX_VARIABLES)
             if not weight_names:
                 continue
@@ -425,8 +469,10 @@ class _HDF5Reader:
             for weight_name in weight_names:
                 dataset = self.child(layer_group, weight_name)
                 if dataset is None:
-                    raise self.error(f"layer {layer_name!r} names weight {weight_name!r}, which "
-                                     "the file does not hold")
+                    raise self.error(
+                        f"layer {layer_name!r} names weight {weight_name!r}, which "
+                        "the file does not hold"
+                    )
                 arrays.append(self.array(dataset, layer_name, weight_name))
             variables = [_relative_variable(w, layer_name) for w in weight_names]
             if any("/" in v for v in variables):  # a layer holding layers (KerasCV's SE)
@@ -440,16 +486,19 @@ class _HDF5Reader:
     def keras3(self, layers_group: h5py.Group) -> list:
         by_group = {snake_case(c): c for c in self.known_classes}
         if len(layers_group) > MAX_LAYERS:
-            raise self.error(f"'layers' holds {len(layers_group)} groups, over the limit of "
-                             f"{MAX_LAYERS}")
+            raise self.error(
+                f"'layers' holds {len(layers_group)} groups, over the limit of {MAX_LAYERS}"
+            )
         found = []
         for group_name in list(layers_group):  # names only: listing follows no link
             group = self.child(layers_group, group_name)
             variables, arrays = self.keras3_variables(group, group_name)
             if not arrays:
                 continue
-            match = re.fullmatch(r"(.*?)(?:_(\d+))?", group_name)
-            class_group, index = match.group(1), int(match.group(2) or 0)
+            class_group, _, suffix = group_name.rpartition("_")
+            if not suffix.isdigit():  # `conv2d`, then `conv2d_1`, `conv2d_2`, ...
+                class_group, suffix = group_name, "0"
+            index = int(suffix)
             # Keras >= 3.6 also records the layer's own name.
             vars_group = self.child(group, "vars")
             name = group_name
@@ -463,7 +512,8 @@ class _HDF5Reader:
     def keras3_variables(self, group, layer_name: str, prefix: str = "", depth: int = 0) -> tuple:
         """A layer's own `vars/<i>`, then those of nested layers (`<attribute>/vars/<i>`, named
         `<attribute>/<i>`), such as KerasCV's SqueezeAndExcite2D."""
-        names, arrays = [], []
+        names: list[str] = []
+        arrays: list[np.ndarray] = []
         if not isinstance(group, h5py.Group):
             return names, arrays
         if depth > MAX_NESTING:  # also what ends a hard link from a group to its parent
@@ -473,8 +523,9 @@ class _HDF5Reader:
         own = self.child(group, "vars")
         if isinstance(own, h5py.Group):
             if len(own) > MAX_VARIABLES:
-                raise self.error(f"layer {layer_name!r}: {len(own)} variables, over the limit "
-                                 f"of {MAX_VARIABLES}")
+                raise self.error(
+                    f"layer {layer_name!r}: {len(own)} variables, over the limit of {MAX_VARIABLES}"
+                )
             for i in range(len(own)):
                 dataset = self.child(own, str(i))
                 if dataset is None:
@@ -484,7 +535,8 @@ class _HDF5Reader:
         for child in list(group):
             if child != "vars":
                 child_names, child_arrays = self.keras3_variables(
-                    self.child(group, child), layer_name, f"{prefix}{child}/", depth + 1)
+                    self.child(group, child), layer_name, f"{prefix}{child}/", depth + 1
+                )
                 names += child_names
                 arrays += child_arrays
                 if len(arrays) > MAX_VARIABLES:
@@ -496,7 +548,7 @@ def _relative_variable(weight_name: str, layer_name: str) -> str:
     """`conv1/kernel:0` -> `kernel`; a nested layer's `se/conv2d/kernel` -> `conv2d/kernel`."""
     weight_name = weight_name.split(":")[0]
     if weight_name.startswith(layer_name + "/"):
-        return weight_name[len(layer_name) + 1:]
+        return weight_name[len(layer_name) + 1 :]
     return weight_name.split("/")[-1]
 
 

@@ -21,6 +21,7 @@ from .reader import WeightsFileError
 def save_keras_h5(model: KerasModel, path) -> None:
     """A legacy weights-only Keras .h5 of the model's weights (Keras 2 variable names, as in the
     official files); written atomically."""
+
     def write(tmp: str) -> None:
         layers = weighted_layers(model)
         with h5py.File(tmp, "w") as f:
@@ -42,13 +43,16 @@ def safetensors_to_keras(src, dst) -> dict:
     .h5."""
     state, config = read_safetensors(src)
     if not config:
-        raise WeightsFileError(f"{src}: records no model config; save it with save_checkpoint or "
-                               "convert it with torch-mobilenets convert")
+        raise WeightsFileError(
+            f"{src}: records no model config; save it with save_checkpoint or "
+            "convert it with torch-mobilenets convert"
+        )
     model = build(config)
     missing = set(model.state_dict()) ^ set(state)
     if missing:
-        raise WeightsFileError(f"{src}: does not fit its own config {config['family']}: "
-                               f"{sorted(missing)[:5]}")
+        raise WeightsFileError(
+            f"{src}: does not fit its own config {config['family']}: {sorted(missing)[:5]}"
+        )
     model.load_state_dict(state)
     save_keras_h5(model, dst)
     return config

@@ -9,14 +9,15 @@ checks it (some rules depend on it); loading it is the public constructors' job.
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional, Union
+from collections.abc import Callable
+from typing import Union
 
 from torch import nn
 
 from ..nn import layers
 from ..nn.graph import KerasModel, KerasTensor
 
-Weights = Union[None, str, os.PathLike]
+Weights = Union[None, str, os.PathLike]  # noqa: UP007  (a runtime alias: 3.10 has no `str | PathLike`)
 
 INPUT_TENSOR_NOTE = (
     "`input_tensor` has no PyTorch meaning: a PyTorch module is not bound to an input tensor. "
@@ -45,8 +46,13 @@ def check_common(weights: Weights, include_top: bool, classes: int, input_tensor
         raise ValueError(f"`pooling` must be None, 'avg' or 'max'; received pooling={pooling!r}")
 
 
-def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_flatten: bool,
-                       weights: Weights, min_size: int = 32) -> tuple:
+def obtain_input_shape(
+    input_shape: tuple | None,
+    default_size: int,
+    require_flatten: bool,
+    weights: Weights,
+    min_size: int = 32,
+) -> tuple:
     """Keras' `imagenet_utils.obtain_input_shape` for V1 and V2, channels first.
 
     With the top, the model needs a static size (224 by default); without it, the default is
@@ -78,17 +84,24 @@ def obtain_input_shape(input_shape: Optional[tuple], default_size: int, require_
     return input_shape
 
 
-def channels_warning(family: str, input_shape: Optional[tuple], weights: Weights) -> Optional[str]:
+def channels_warning(family: str, input_shape: tuple | None, weights: Weights) -> str | None:
     """Keras' warning for V1 and V2 built for an unusual channel count (from
     `obtain_input_shape`). The public constructors give it, so that it points at their caller."""
-    if family in ("mobilenet", "mobilenet_v2") and weights != "imagenet" and \
-            input_shape is not None and len(input_shape) == 3 and input_shape[0] not in (1, 3):
-        return ("This model usually expects 1 or 3 input channels. However, it was passed an "
-                f"input_shape with {input_shape[0]} input channels.")
+    if (
+        family in ("mobilenet", "mobilenet_v2")
+        and weights != "imagenet"
+        and input_shape is not None
+        and len(input_shape) == 3
+        and input_shape[0] not in (1, 3)
+    ):
+        return (
+            "This model usually expects 1 or 3 input channels. However, it was passed an "
+            f"input_shape with {input_shape[0]} input channels."
+        )
     return None
 
 
-def classifier_activation(activation: Union[None, str, Callable], weights: Weights) -> nn.Module:
+def classifier_activation(activation: str | Callable | None, weights: Weights) -> nn.Module:
     """The `predictions` activation. With pretrained weights Keras allows only None or softmax."""
     if weights is not None and activation not in (None, "softmax", "linear"):
         raise ValueError(
@@ -108,7 +121,7 @@ def classifier_activation(activation: Union[None, str, Callable], weights: Weigh
     return layers.CLASSIFIER_ACTIVATIONS[activation]()
 
 
-def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple:
+def check_input_shape(input_shape: tuple, min_size: int = 32) -> tuple:
     """Validate a channels-first `(C, H, W)` input shape; H and W may be None."""
     if len(input_shape) != 3:
         raise ValueError(
@@ -125,10 +138,14 @@ def check_input_shape(input_shape: Optional[tuple], min_size: int = 32) -> tuple
     return tuple(input_shape)
 
 
-def add_tail(model: KerasModel, x: KerasTensor, include_top: bool, pooling: Optional[str],
-             top: Callable[[KerasModel, KerasTensor], object],
-             pooling_names: tuple = ("global_average_pooling2d", "global_max_pooling2d")
-             ) -> KerasModel:
+def add_tail(
+    model: KerasModel,
+    x: KerasTensor,
+    include_top: bool,
+    pooling: str | None,
+    top: Callable[[KerasModel, KerasTensor], object],
+    pooling_names: tuple = ("global_average_pooling2d", "global_max_pooling2d"),
+) -> KerasModel:
     """The end of every builder: the body's last layer becomes the model's `feature_layer`,
     then comes the family's top (`top(model, x)`) or, without it, Keras' optional global
     pooling, under the family's names for those layers."""

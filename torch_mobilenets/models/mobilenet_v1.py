@@ -10,21 +10,52 @@ Applications" (2017).
 from __future__ import annotations
 
 from ..nn.graph import KerasModel, KerasTensor
-from ..nn.layers import (BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,
-                         GlobalAveragePooling2D, ReLU6, ZeroPadding2D)
+from ..nn.layers import (
+    BatchNorm2d,
+    Conv2d,
+    DepthwiseConv2d,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    ReLU6,
+    ZeroPadding2D,
+)
 from . import arguments, official
 
 # (pointwise filters before alpha, stride) of the 13 depthwise-separable blocks.
-BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
-          (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]
+BLOCKS = [
+    (64, 1),
+    (128, 2),
+    (128, 1),
+    (256, 2),
+    (256, 1),
+    (512, 2),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (512, 1),
+    (1024, 2),
+    (1024, 1),
+]
 
 # Keras' V1 BatchNormalization uses the layer defaults: momentum 0.99, epsilon 1e-3.
 BN_MOMENTUM = 0.99
 
 
-def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, include_top=True,
-              weights=None, input_tensor=None, pooling=None, classes=1000,
-              classifier_activation="softmax", name=None) -> KerasModel:
+def MobileNet(
+    input_shape=None,
+    alpha=1.0,
+    depth_multiplier=1,
+    dropout=1e-3,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+) -> KerasModel:
     """Instantiates the MobileNet architecture, as `keras.applications.MobileNet` does.
 
     Args:
@@ -66,10 +97,19 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         top_activation = arguments.classifier_activation(classifier_activation, weights)
 
     model = KerasModel(
-        name or f"mobilenet_{alpha:0.2f}_{rows}", input_shape,
-        dict(family="mobilenet", input_shape=input_shape, alpha=alpha,
-             depth_multiplier=depth_multiplier, dropout=dropout, include_top=include_top,
-             pooling=pooling, classes=classes))
+        name or f"mobilenet_{alpha:0.2f}_{rows}",
+        input_shape,
+        dict(
+            family="mobilenet",
+            input_shape=input_shape,
+            alpha=alpha,
+            depth_multiplier=depth_multiplier,
+            dropout=dropout,
+            include_top=include_top,
+            pooling=pooling,
+            classes=classes,
+        ),
+    )
     x = model.input()
     filters = int(32 * alpha)
     x = model.add("conv1", Conv2d(input_shape[0], filters, 3, stride=2), x)
@@ -81,9 +121,17 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         if stride == 2:
             # Keras pads bottom/right by one whatever the size, then runs a "valid" conv.
             x = model.add(f"conv_pad_{block_id}", ZeroPadding2D(((0, 1), (0, 1))), x)
-        x = model.add(f"conv_dw_{block_id}", DepthwiseConv2d(
-            channels, 3, stride=stride, padding="same" if stride == 1 else "valid",
-            depth_multiplier=depth_multiplier), x)
+        x = model.add(
+            f"conv_dw_{block_id}",
+            DepthwiseConv2d(
+                channels,
+                3,
+                stride=stride,
+                padding="same" if stride == 1 else "valid",
+                depth_multiplier=depth_multiplier,
+            ),
+            x,
+        )
         x = model.add(f"conv_dw_{block_id}_bn", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
         x = model.add(f"conv_dw_{block_id}_relu", ReLU6(), x)
         filters = int(pointwise_filters * alpha)
@@ -99,4 +147,3 @@ def MobileNet(input_shape=None, alpha=1.0, depth_multiplier=1, dropout=1e-3, inc
         model.add("predictions", top_activation, x)
 
     return arguments.add_tail(model, x, include_top, pooling, top)
-

@@ -9,21 +9,55 @@ Reference: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenec
 from __future__ import annotations
 
 from ..nn.graph import KerasModel, KerasTensor
-from ..nn.layers import (Add, BatchNorm2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePooling2D,
-                         ReLU6, ZeroPadding2D, correct_pad, make_divisible)
+from ..nn.layers import (
+    Add,
+    BatchNorm2d,
+    Conv2d,
+    Dense,
+    DepthwiseConv2d,
+    GlobalAveragePooling2D,
+    ReLU6,
+    ZeroPadding2D,
+    correct_pad,
+    make_divisible,
+)
 from . import arguments, official
 
 # (filters before alpha, stride, expansion) of blocks 0..16.
-BLOCKS = [(16, 1, 1), (24, 2, 6), (24, 1, 6), (32, 2, 6), (32, 1, 6), (32, 1, 6),
-          (64, 2, 6), (64, 1, 6), (64, 1, 6), (64, 1, 6), (96, 1, 6), (96, 1, 6), (96, 1, 6),
-          (160, 2, 6), (160, 1, 6), (160, 1, 6), (320, 1, 6)]
+BLOCKS = [
+    (16, 1, 1),
+    (24, 2, 6),
+    (24, 1, 6),
+    (32, 2, 6),
+    (32, 1, 6),
+    (32, 1, 6),
+    (64, 2, 6),
+    (64, 1, 6),
+    (64, 1, 6),
+    (64, 1, 6),
+    (96, 1, 6),
+    (96, 1, 6),
+    (96, 1, 6),
+    (160, 2, 6),
+    (160, 1, 6),
+    (160, 1, 6),
+    (320, 1, 6),
+]
 
 BN_MOMENTUM = 0.999
 
 
-def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights=None,
-                input_tensor=None, pooling=None, classes=1000, classifier_activation="softmax",
-                name=None) -> KerasModel:
+def MobileNetV2(
+    input_shape=None,
+    alpha=1.0,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+) -> KerasModel:
     """Instantiates the MobileNetV2 architecture, as `keras.applications.MobileNetV2` does.
 
     Args:
@@ -60,9 +94,17 @@ def MobileNetV2(input_shape=None, alpha=1.0, include_top=True, weights=None,
         top_activation = arguments.classifier_activation(classifier_activation, weights)
 
     model = KerasModel(
-        name or f"mobilenetv2_{alpha:0.2f}_{rows}", input_shape,
-        dict(family="mobilenet_v2", input_shape=input_shape, alpha=alpha,
-             include_top=include_top, pooling=pooling, classes=classes))
+        name or f"mobilenetv2_{alpha:0.2f}_{rows}",
+        input_shape,
+        dict(
+            family="mobilenet_v2",
+            input_shape=input_shape,
+            alpha=alpha,
+            include_top=include_top,
+            pooling=pooling,
+            classes=classes,
+        ),
+    )
     x = model.input()
     filters = make_divisible(32 * alpha)
     x = model.add("Conv1", Conv2d(input_shape[0], filters, 3, stride=2), x)
@@ -99,8 +141,11 @@ def _inverted_res_block(model, inputs, filters, alpha, stride, expansion, block_
         prefix = "expanded_conv_"
     if stride == 2:
         x = model.add(f"{prefix}pad", ZeroPadding2D(correct_pad(x.shape, 3)), x)
-    x = model.add(f"{prefix}depthwise", DepthwiseConv2d(
-        x.shape[0], 3, stride=stride, padding="same" if stride == 1 else "valid"), x)
+    x = model.add(
+        f"{prefix}depthwise",
+        DepthwiseConv2d(x.shape[0], 3, stride=stride, padding="same" if stride == 1 else "valid"),
+        x,
+    )
     x = model.add(f"{prefix}depthwise_BN", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
     x = model.add(f"{prefix}depthwise_relu", ReLU6(), x)
     x = model.add(f"{prefix}project", Conv2d(x.shape[0], pointwise_filters, 1), x)

@@ -11,16 +11,33 @@ Reference: Howard et al., "Searching for MobileNetV3" (ICCV 2019).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import NamedTuple
+
+from torch import nn
 
 from ..nn.graph import KerasModel, KerasTensor
-from ..nn.layers import (Add, BatchNorm2d, Conv2d, DepthwiseConv2d, Dropout, Flatten,
-                         GlobalAveragePooling2D, HardSigmoid, HardSwish, Multiply, ReLU,
-                         Rescaling, ZeroPadding2D, correct_pad, make_divisible)
+from ..nn.layers import (
+    Add,
+    BatchNorm2d,
+    Conv2d,
+    DepthwiseConv2d,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    HardSigmoid,
+    HardSwish,
+    Multiply,
+    ReLU,
+    Rescaling,
+    ZeroPadding2D,
+    correct_pad,
+    make_divisible,
+)
 from . import arguments, official
 
 BN_MOMENTUM = 0.999
-ACTIVATIONS = {"relu": ReLU, "hard_swish": HardSwish}
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": ReLU, "hard_swish": HardSwish}
 
 
 class Block(NamedTuple):
@@ -31,7 +48,7 @@ class Block(NamedTuple):
     filters: int
     kernel_size: int
     stride: int
-    se_ratio: Optional[float]
+    se_ratio: float | None
     activation: str
 
 
@@ -106,17 +123,37 @@ _DOC = """Instantiates the {name} architecture, as `keras.applications.{name}` d
     """
 
 
-def MobileNetV3Small(input_shape=None, alpha=1.0, minimalistic=False, include_top=True,
-                     weights=None, input_tensor=None, classes=1000, pooling=None,
-                     dropout_rate=0.2, classifier_activation="softmax",
-                     include_preprocessing=True, name="MobileNetV3Small") -> KerasModel:
+def MobileNetV3Small(
+    input_shape=None,
+    alpha=1.0,
+    minimalistic=False,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    classes=1000,
+    pooling=None,
+    dropout_rate=0.2,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    name="MobileNetV3Small",
+) -> KerasModel:
     return _mobilenet_v3("small", SMALL, **locals())
 
 
-def MobileNetV3Large(input_shape=None, alpha=1.0, minimalistic=False, include_top=True,
-                     weights=None, input_tensor=None, classes=1000, pooling=None,
-                     dropout_rate=0.2, classifier_activation="softmax",
-                     include_preprocessing=True, name="MobileNetV3Large") -> KerasModel:
+def MobileNetV3Large(
+    input_shape=None,
+    alpha=1.0,
+    minimalistic=False,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    classes=1000,
+    pooling=None,
+    dropout_rate=0.2,
+    classifier_activation="softmax",
+    include_preprocessing=True,
+    name="MobileNetV3Large",
+) -> KerasModel:
     return _mobilenet_v3("large", LARGE, **locals())
 
 
@@ -124,11 +161,27 @@ MobileNetV3Small.__doc__ = _DOC.format(name="MobileNetV3Small")
 MobileNetV3Large.__doc__ = _DOC.format(name="MobileNetV3Large")
 
 
-def _mobilenet_v3(model_type, blocks, *, input_shape, alpha, minimalistic, include_top, weights,
-                  input_tensor, classes, pooling, dropout_rate, classifier_activation,
-                  include_preprocessing, name) -> KerasModel:
+def _mobilenet_v3(
+    model_type,
+    blocks,
+    *,
+    input_shape,
+    alpha,
+    minimalistic,
+    include_top,
+    weights,
+    input_tensor,
+    classes,
+    pooling,
+    dropout_rate,
+    classifier_activation,
+    include_preprocessing,
+    name,
+) -> KerasModel:
     arguments.check_common(weights, include_top, classes, input_tensor, pooling)
-    input_shape = (3, None, None) if input_shape is None else arguments.check_input_shape(input_shape)
+    input_shape = (
+        (3, None, None) if input_shape is None else arguments.check_input_shape(input_shape)
+    )
     if weights == "imagenet":
         official.check_alpha(f"mobilenet_v3_{model_type}", alpha, minimalistic)
     if include_top:
@@ -138,11 +191,20 @@ def _mobilenet_v3(model_type, blocks, *, input_shape, alpha, minimalistic, inclu
     activation = ReLU if minimalistic else HardSwish
 
     model = KerasModel(
-        name, input_shape,
-        dict(family=f"mobilenet_v3_{model_type}", input_shape=input_shape, alpha=alpha,
-             minimalistic=minimalistic, include_top=include_top, pooling=pooling,
-             classes=classes, dropout_rate=dropout_rate,
-             include_preprocessing=include_preprocessing))
+        name,
+        input_shape,
+        dict(
+            family=f"mobilenet_v3_{model_type}",
+            input_shape=input_shape,
+            alpha=alpha,
+            minimalistic=minimalistic,
+            include_top=include_top,
+            pooling=pooling,
+            classes=classes,
+            dropout_rate=dropout_rate,
+            include_preprocessing=include_preprocessing,
+        ),
+    )
     x = model.input()
     if include_preprocessing:
         x = model.add("rescaling", Rescaling(1.0 / 127.5, offset=-1.0), x)
@@ -175,8 +237,9 @@ def _mobilenet_v3(model_type, blocks, *, input_shape, alpha, minimalistic, inclu
     return arguments.add_tail(model, x, include_top, pooling, top, ("avg_pool", "max_pool"))
 
 
-def squeeze_excite(model: KerasModel, x: KerasTensor, filters: int, se_ratio: float,
-                   prefix: str) -> KerasTensor:
+def squeeze_excite(
+    model: KerasModel, x: KerasTensor, filters: int, se_ratio: float, prefix: str
+) -> KerasTensor:
     """The applications' squeeze-and-excite, as separate layers `{prefix}squeeze_excite_*`."""
     inputs = x
     squeezed = make_divisible(filters * se_ratio)
@@ -200,8 +263,14 @@ class Naming(NamedTuple):
 APPLICATIONS = Naming("bn", "add", squeeze_excite)
 
 
-def inverted_res_block(model: KerasModel, inputs: KerasTensor, block: Block, alpha: float,
-                       block_id: int, naming: Naming = APPLICATIONS) -> KerasTensor:
+def inverted_res_block(
+    model: KerasModel,
+    inputs: KerasTensor,
+    block: Block,
+    alpha: float,
+    block_id: int,
+    naming: Naming = APPLICATIONS,
+) -> KerasTensor:
     """One row of the table, under `naming`'s layer names."""
     in_channels = inputs.shape[0]
     filters = make_divisible(block.filters * alpha)
@@ -218,8 +287,13 @@ def inverted_res_block(model: KerasModel, inputs: KerasTensor, block: Block, alp
         x = model.add(f"{prefix}expand_activation", activation(), x)
     if stride == 2:
         x = model.add(f"{prefix}depthwise_pad", ZeroPadding2D(correct_pad(x.shape, kernel_size)), x)
-    x = model.add(f"{prefix}depthwise", DepthwiseConv2d(
-        x.shape[0], kernel_size, stride=stride, padding="same" if stride == 1 else "valid"), x)
+    x = model.add(
+        f"{prefix}depthwise",
+        DepthwiseConv2d(
+            x.shape[0], kernel_size, stride=stride, padding="same" if stride == 1 else "valid"
+        ),
+        x,
+    )
     x = model.add(f"{prefix}depthwise_{bn}", BatchNorm2d(x.shape[0], BN_MOMENTUM), x)
     x = model.add(f"{prefix}depthwise_activation", activation(), x)
     if block.se_ratio:
@@ -229,4 +303,3 @@ def inverted_res_block(model: KerasModel, inputs: KerasTensor, block: Block, alp
     if stride == 1 and in_channels == filters:
         x = model.add(f"{prefix}{naming.add}", Add(), inputs, x)
     return x
-

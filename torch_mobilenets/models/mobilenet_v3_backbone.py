@@ -12,28 +12,43 @@ is the public class's job (`torch_mobilenets.MobileNetV3Backbone`).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from ..nn.graph import KerasModel, KerasTensor
-from ..nn.layers import BatchNorm2d, Conv2d, HardSwish, Rescaling, SqueezeAndExcite2D, make_divisible
+from ..nn.layers import (
+    BatchNorm2d,
+    Conv2d,
+    HardSwish,
+    Rescaling,
+    SqueezeAndExcite2D,
+    make_divisible,
+)
 from . import arguments
-from .mobilenet_v3 import (ACTIVATIONS, BN_MOMENTUM, LARGE, SMALL, Block, Naming,
-                           inverted_res_block)
+from .mobilenet_v3 import ACTIVATIONS, BN_MOMENTUM, LARGE, SMALL, Block, Naming, inverted_res_block
 
 
-def _nested_squeeze_excite(model: KerasModel, x: KerasTensor, filters: int, se_ratio: float,
-                           prefix: str) -> KerasTensor:
-    return model.add(f"{prefix}SqueezeAndExcite2D",
-                     SqueezeAndExcite2D(filters, make_divisible(filters * se_ratio)), x)
+def _nested_squeeze_excite(
+    model: KerasModel, x: KerasTensor, filters: int, se_ratio: float, prefix: str
+) -> KerasTensor:
+    return model.add(
+        f"{prefix}SqueezeAndExcite2D",
+        SqueezeAndExcite2D(filters, make_divisible(filters * se_ratio)),
+        x,
+    )
 
 
 KERAS_CV = Naming("BatchNorm", "Add", _nested_squeeze_excite)
 # KerasCV's argument names for the fields of a table row.
-STACKWISE = {"stackwise_expansion": "expansion", "stackwise_filters": "filters",
-             "stackwise_kernel_size": "kernel_size", "stackwise_stride": "stride",
-             "stackwise_se_ratio": "se_ratio", "stackwise_activation": "activation"}
+STACKWISE = {
+    "stackwise_expansion": "expansion",
+    "stackwise_filters": "filters",
+    "stackwise_kernel_size": "kernel_size",
+    "stackwise_stride": "stride",
+    "stackwise_se_ratio": "se_ratio",
+    "stackwise_activation": "activation",
+}
 
 
 def stackwise(blocks: Sequence[Block]) -> dict:
@@ -71,26 +86,50 @@ class MobileNetV3Backbone(KerasModel):
 
     # What the converter tries when a file does not say which stack it holds; rescaling has no
     # weights, so any value fits.
-    architecture_variants = [dict(stackwise(SMALL), include_rescaling=True),
-                             dict(stackwise(LARGE), include_rescaling=True)]
+    architecture_variants = (
+        dict(stackwise(SMALL), include_rescaling=True),
+        dict(stackwise(LARGE), include_rescaling=True),
+    )
 
-    def __init__(self, stackwise_expansion: Sequence[float], stackwise_filters: Sequence[int],
-                 stackwise_kernel_size: Sequence[int], stackwise_stride: Sequence[int],
-                 stackwise_se_ratio: Sequence[Optional[float]], stackwise_activation: Sequence[str],
-                 include_rescaling: bool, input_shape=(3, None, None), alpha: float = 1.0,
-                 name: str = "mobile_net_v3_backbone"):
-        stacks = [stackwise_expansion, stackwise_filters, stackwise_kernel_size, stackwise_stride,
-                  stackwise_se_ratio, stackwise_activation]
+    def __init__(
+        self,
+        stackwise_expansion: Sequence[float],
+        stackwise_filters: Sequence[int],
+        stackwise_kernel_size: Sequence[int],
+        stackwise_stride: Sequence[int],
+        stackwise_se_ratio: Sequence[float | None],
+        stackwise_activation: Sequence[str],
+        include_rescaling: bool,
+        input_shape=(3, None, None),
+        alpha: float = 1.0,
+        name: str = "mobile_net_v3_backbone",
+    ):
+        stacks = [
+            stackwise_expansion,
+            stackwise_filters,
+            stackwise_kernel_size,
+            stackwise_stride,
+            stackwise_se_ratio,
+            stackwise_activation,
+        ]
         if len({len(s) for s in stacks}) != 1:
-            raise ValueError("the stackwise_* lists must all have one entry per block; got "
-                             f"lengths {[len(s) for s in stacks]}")
+            raise ValueError(
+                "the stackwise_* lists must all have one entry per block; got "
+                f"lengths {[len(s) for s in stacks]}"
+            )
         unknown = sorted(set(stackwise_activation) - set(ACTIVATIONS))
         if unknown:
-            raise ValueError(f"unsupported stackwise_activation {unknown}; use {sorted(ACTIVATIONS)}")
+            raise ValueError(
+                f"unsupported stackwise_activation {unknown}; use {sorted(ACTIVATIONS)}"
+            )
         input_shape = arguments.check_input_shape(tuple(input_shape), min_size=1)
-        config = dict(family="mobilenet_v3_backbone", input_shape=input_shape, alpha=alpha,
-                      include_rescaling=include_rescaling,
-                      **{k: list(v) for k, v in zip(STACKWISE, stacks)})
+        config = dict(
+            family="mobilenet_v3_backbone",
+            input_shape=input_shape,
+            alpha=alpha,
+            include_rescaling=include_rescaling,
+            **{k: list(v) for k, v in zip(STACKWISE, stacks)},
+        )
         super().__init__(name, input_shape, config)
 
         x = self.input()

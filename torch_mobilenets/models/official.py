@@ -7,7 +7,7 @@ files from the same tables and picks one with `imagenet_choice`.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 V1_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 V1_SIZES = (128, 160, 192, 224)
@@ -16,8 +16,14 @@ V2_SIZES = (96, 128, 160, 192, 224)
 # V2 widths with files at 224x224 only.
 V2_ONLY_224 = (1.3, 1.4)
 # (model type, minimalistic, alpha) of the six V3 checkpoints; all at 224x224.
-V3_MODELS = (("large", False, 1.0), ("large", False, 0.75), ("large", True, 1.0),
-             ("small", False, 1.0), ("small", False, 0.75), ("small", True, 1.0))
+V3_MODELS = (
+    ("large", False, 1.0),
+    ("large", False, 0.75),
+    ("large", True, 1.0),
+    ("small", False, 1.0),
+    ("small", False, 0.75),
+    ("small", True, 1.0),
+)
 V3_SIZE = 224
 # The size Keras falls back to when a model's size has no file.
 DEFAULT_SIZE = 224
@@ -25,27 +31,36 @@ DEFAULT_SIZE = 224
 OFFICIAL_SIZES = {"mobilenet": V1_SIZES, "mobilenet_v2": V2_SIZES}
 
 
-def check_alpha(family: str, alpha: float, minimalistic: bool = False,
-                depth_multiplier: int = 1) -> None:
+def check_alpha(
+    family: str, alpha: float, minimalistic: bool = False, depth_multiplier: int = 1
+) -> None:
     """Keras' checks of a builder called with `weights="imagenet"`, with Keras' messages."""
     if family == "mobilenet":
         if depth_multiplier != 1:
-            raise ValueError("If imagenet weights are being loaded, depth multiplier must be 1.  "
-                             f"Received depth_multiplier={depth_multiplier}")
+            raise ValueError(
+                "If imagenet weights are being loaded, depth multiplier must be 1.  "
+                f"Received depth_multiplier={depth_multiplier}"
+            )
         if alpha not in V1_ALPHAS:
-            raise ValueError("If imagenet weights are being loaded, alpha can be one of `0.25`, "
-                             f"`0.50`, `0.75` or `1.0` only.  Received alpha={alpha}")
+            raise ValueError(
+                "If imagenet weights are being loaded, alpha can be one of `0.25`, "
+                f"`0.50`, `0.75` or `1.0` only.  Received alpha={alpha}"
+            )
     elif family == "mobilenet_v2":
         if alpha not in V2_ALPHAS:
-            raise ValueError("If imagenet weights are being loaded, alpha must be one of `0.35`, "
-                             "`0.50`, `0.75`, `1.0`, `1.3` or `1.4` only; "
-                             f"Received `alpha={alpha}`")
+            raise ValueError(
+                "If imagenet weights are being loaded, alpha must be one of `0.35`, "
+                "`0.50`, `0.75`, `1.0`, `1.3` or `1.4` only; "
+                f"Received `alpha={alpha}`"
+            )
     elif (alpha, minimalistic) not in {(a, m) for _, m, a in V3_MODELS}:
-        raise ValueError("If imagenet weights are being loaded, alpha can be one of `0.75`, "
-                         "`1.0` for non minimalistic or `1.0` for minimalistic only.")
+        raise ValueError(
+            "If imagenet weights are being loaded, alpha can be one of `0.75`, "
+            "`1.0` for non minimalistic or `1.0` for minimalistic only."
+        )
 
 
-def default_size(family: str, input_shape: Optional[tuple]) -> int:
+def default_size(family: str, input_shape: tuple | None) -> int:
     """The size Keras checks a V1/V2 top against: the given square size if official weights
     exist for it, else 224."""
     if input_shape is not None and len(input_shape) == 3:
@@ -71,7 +86,7 @@ class Choice(NamedTuple):
     rows: int
     include_top: bool
     minimalistic: bool
-    warning: Optional[str]
+    warning: str | None
 
 
 def imagenet_choice(config: dict) -> Choice:
@@ -88,19 +103,24 @@ def imagenet_choice(config: dict) -> Choice:
     warning = None
     if family.startswith("mobilenet_v3"):
         if rows != cols or rows != V3_SIZE:
-            warning = ("`input_shape` is undefined or non-square, or `rows` is not 224. Weights "
-                       "for input shape (224, 224) will be loaded as the default.")
+            warning = (
+                "`input_shape` is undefined or non-square, or `rows` is not 224. Weights "
+                "for input shape (224, 224) will be loaded as the default."
+            )
         return Choice(family, alpha, V3_SIZE, config["include_top"], minimalistic, warning)
     weights_size = weights_rows(family, input_shape)
     if weights_size != rows or rows != cols:
-        warning = (f"`input_shape` is undefined or non-square, or `rows` is not in "
-                   f"{list(OFFICIAL_SIZES[family])}. Weights for input shape (224, 224) will be "
-                   "loaded as the default.")
+        warning = (
+            f"`input_shape` is undefined or non-square, or `rows` is not in "
+            f"{list(OFFICIAL_SIZES[family])}. Weights for input shape (224, 224) will be "
+            "loaded as the default."
+        )
     if family == "mobilenet_v2" and alpha in V2_ONLY_224 and weights_size != DEFAULT_SIZE:
         # Keras asks for `..._{alpha}_{rows}.h5` here, a file that does not exist (HTTP 404).
         raise ValueError(
             f"There are no official MobileNetV2 ImageNet weights for alpha={alpha} at "
             f"{weights_size}x{weights_size}: alpha 1.3 and 1.4 exist at 224x224 only (Keras "
             "requests a file that does not exist here). Build the model at 224x224, or without "
-            "the top and input_shape=None, or pass that file as `weights=` yourself.")
+            "the top and input_shape=None, or pass that file as `weights=` yourself."
+        )
     return Choice(family, alpha, weights_size, config["include_top"], False, warning)

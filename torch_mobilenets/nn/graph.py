@@ -19,7 +19,8 @@ Code that rewrites a built model (the inference folds) reads the graph through `
 from __future__ import annotations
 
 import enum
-from typing import Iterable, NamedTuple, Optional
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -39,7 +40,7 @@ class Node(NamedTuple):
     """One layer call in the graph. Nodes are numbered from 1 in Keras' order; node 0 is the
     model's input, and `inputs` are the numbers of the nodes the layer reads."""
 
-    index: int
+    number: int
     name: str
     layer: nn.Module
     inputs: tuple
@@ -60,9 +61,9 @@ class KerasModel(nn.Module):
         # For each layer, in order: its name and the nodes it reads. Node 0 is the model's input,
         # node i the output of the i-th layer.
         self._graph: list[tuple[str, tuple[int, ...]]] = []
-        self._plan: Optional[dict] = None  # keep-set -> steps, made on first use
+        self._plan: dict | None = None  # keep-set -> steps, made on first use
         # The last layer of the body: what the top (or pooling) reads. Set by the builders.
-        self.feature_layer: Optional[str] = None
+        self.feature_layer: str = ""
 
     def input(self) -> KerasTensor:
         return KerasTensor(0, self.input_shape)
@@ -74,7 +75,12 @@ class KerasModel(nn.Module):
         self.add_module(name, layer)
         self._graph.append((name, tuple(t.node for t in inputs)))
         self._plan = None
-        return KerasTensor(len(self._graph), layer.output_shape(*(t.shape for t in inputs)))
+        shape = self._layer(name).output_shape(*(t.shape for t in inputs))
+        return KerasTensor(len(self._graph), shape)
+
+    def _layer(self, name: str) -> Any:
+        """The layer registered under `name`, typed loosely: our layers add Keras' methods."""
+        return self._modules[name]
 
     @property
     def layer_names(self) -> list[str]:
@@ -85,8 +91,10 @@ class KerasModel(nn.Module):
 
     def nodes(self) -> list[Node]:
         """Every layer call, in Keras' order (node i is `nodes()[i - 1]`)."""
-        return [Node(i, name, self._modules[name], inputs)
-                for i, (name, inputs) in enumerate(self._graph, start=1)]
+        return [
+            Node(i, name, self._layer(name), inputs)
+            for i, (name, inputs) in enumerate(self._graph, start=1)
+        ]
 
     def readers(self) -> dict[int, list[int]]:
         """node -> the nodes that read its output, in order (node 0: the input)."""
@@ -115,30 +123,33 @@ class KerasModel(nn.Module):
         if not pre_logits:
             return self._run(features, start_node=start)[0]
         classifier = self._classifier_name()
+        if classifier is None:
+            raise ValueError(f"model {self.name!r} has no classifier (built without the top)")
         source = self._graph[self.layer_names.index(classifier)][1][0]
         if source == start:
             return features.flatten(1) if features.dim() == 2 else features.mean((2, 3))
         name = self._graph[source - 1][0]
-        return self._run(features, keep={name}, last_node=source, start_node=start)[1][name] \
-            .flatten(1)
+        return self._run(features, keep={name}, last_node=source, start_node=start)[1][
+            name
+        ].flatten(1)
 
     def feature_layers(self) -> list[str]:
         """The last layer at each resolution of the body (strides 2, 4, ..., 32): the maps a
         detection or segmentation head reads. Use with `forward_layers`."""
         reduction, last_at = {0: 1}, {}
         for node, (name, inputs) in enumerate(self._graph, start=1):
-            stride = getattr(self._modules[name], "stride", (1,))
+            stride = getattr(self._layer(name), "stride", (1,))
             reduction[node] = reduction[inputs[0]] * stride[0]
-            if not isinstance(self._modules[name], ZeroPadding2D):  # a pad is no feature map
+            if not isinstance(self._layer(name), ZeroPadding2D):  # a pad is no feature map
                 last_at[reduction[node]] = name
             if name == self.feature_layer:
                 break
         return [name for r, name in sorted(last_at.items()) if r > 1]
 
-    def get_classifier(self) -> Optional[nn.Module]:
+    def get_classifier(self) -> nn.Module | None:
         """The top's classifier layer (`conv_preds`, `predictions` or `logits`), or None."""
         name = self._classifier_name()
-        return self._modules[name] if name else None
+        return self._layer(name) if name else None
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for `num_classes`, initialised as Keras initialises it (Glorot
@@ -147,29 +158,31 @@ class KerasModel(nn.Module):
         if name is None:
             raise ValueError(f"model {self.name!r} has no classifier (built without the top)")
         if num_classes < 1:
-            raise ValueError("num_classes must be at least 1; for features use forward_head("
-                             "x, pre_logits=True) or a model built with include_top=False")
-        old = self._modules[name]
+            raise ValueError(
+                "num_classes must be at least 1; for features use forward_head("
+                "x, pre_logits=True) or a model built with include_top=False"
+            )
+        old = self._layer(name)
         device, dtype = old.weight.device, old.weight.dtype
         self.replace(name, old.with_outputs(num_classes).to(device=device, dtype=dtype))
         self.config["classes"] = num_classes
 
-    def freeze(self, up_to: Optional[str] = None) -> None:
+    def freeze(self, up_to: str | None = None) -> None:
         """Make every layer up to and including `up_to` (all when None) non-trainable, as
         Keras' `layer.trainable = False`: no gradients, and BatchNormalization in inference mode
         even when the model trains."""
         names = self.layer_names
         last = names.index(up_to) if up_to is not None else len(names) - 1
-        for name in names[:last + 1]:
-            _set_trainable(self._modules[name], False)
+        for name in names[: last + 1]:
+            _set_trainable(self._layer(name), False)
 
     def unfreeze(self) -> None:
         for name in self.layer_names:
-            _set_trainable(self._modules[name], True)
+            _set_trainable(self._layer(name), True)
 
-    def _classifier_name(self) -> Optional[str]:
-        head = self.layer_names[self.layer_names.index(self.feature_layer) + 1:]
-        weighted = [n for n in head if hasattr(self._modules[n], "keras_class")]
+    def _classifier_name(self) -> str | None:
+        head = self.layer_names[self.layer_names.index(self.feature_layer) + 1 :]
+        weighted = [n for n in head if hasattr(self._layer(n), "keras_class")]
         return weighted[-1] if weighted else None
 
     def forward_layers(self, x: torch.Tensor, names: Iterable[str]) -> dict:
@@ -181,8 +194,9 @@ class KerasModel(nn.Module):
         last = max(self.layer_names.index(n) for n in names) + 1
         return self._run(x, keep=names, last_node=last)[1]
 
-    def _run(self, x: torch.Tensor, keep=frozenset(), last_node: Optional[int] = None,
-             start_node: int = 0):
+    def _run(
+        self, x: torch.Tensor, keep=frozenset(), last_node: int | None = None, start_node: int = 0
+    ):
         """Replay the graph, `x` being node `start_node` (the input by default); returns (the
         last output, the outputs of the layers in `keep`)."""
         if start_node == 0:
@@ -200,15 +214,19 @@ class KerasModel(nn.Module):
         # reorder their input nor allocate for it: 1.15x faster at batch 1, up to 3x at 32.
         # The copy of `x` this takes is ours, so the first layer may write into it; outputs
         # go back to the caller's layout.
-        relayout = eager and x.device.type == "cpu" and x.dim() == 4 and \
-            not x.is_contiguous(memory_format=torch.channels_last)
+        relayout = (
+            eager
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and not x.is_contiguous(memory_format=torch.channels_last)
+        )
         if relayout:
             x = x.contiguous(memory_format=torch.channels_last)
         values, kept = {start_node: x}, {}
         for node, step in enumerate(self._plan[keep], start=1):
             if step.how is How.SKIP or node <= start_node:
                 continue
-            layer = self._modules[step.name]
+            layer = self._layer(step.name)
             how = step.how
             if how in _IN_PLACE and step.inputs[0] == start_node and not relayout:
                 how = How.CALL  # `x` belongs to the caller: never write into it
@@ -233,7 +251,7 @@ class KerasModel(nn.Module):
         return out, kept
 
     def _check_input(self, x: torch.Tensor) -> None:
-        expected = (None,) + self.input_shape
+        expected = (None, *self.input_shape)
         if x.dim() != 4 or any(e is not None and e != s for e, s in zip(expected, x.shape)):
             raise ValueError(
                 f"Input of model {self.name!r} is incompatible: expected shape "
@@ -264,7 +282,7 @@ def _set_trainable(layer: nn.Module, trainable: bool) -> None:
         parameter.requires_grad_(trainable)
     for module in layer.modules():
         if hasattr(module, "trainable"):
-            module.trainable = trainable
+            setattr(module, "trainable", trainable)  # noqa: B010  (nn.Module types attributes as tensors)
 
 
 class How(enum.Enum):
@@ -286,7 +304,7 @@ class _Step(NamedTuple):
     inputs: tuple  # nodes read
     released: tuple  # nodes no later step reads
     how: How = How.CALL
-    pad: Optional[tuple] = None
+    pad: tuple | None = None
 
 
 def _plan(model: KerasModel, keep: frozenset) -> list:
@@ -303,17 +321,20 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     longer than the convolutions. Outputs asked for in `keep` are never written into.
     """
     graph = model._graph
-    steps, readers = [], readers_of(inputs for _, inputs in graph)
+    steps: list[_Step] = []
+    readers = readers_of(inputs for _, inputs in graph)
     for step, (name, inputs) in enumerate(graph, start=1):
-        layer = model._modules[name]
+        layer = model._layer(name)
         how, pad = How.CALL, None
         source = inputs[0] if len(inputs) == 1 else None
         if source and readers[source] == [step] and graph[source - 1][0] not in keep:
-            producer = model._modules[graph[source - 1][0]]
+            producer = model._layer(graph[source - 1][0])
             if isinstance(layer, nn.Identity):  # a layer folded into its producer
                 how = How.ALIAS
-            elif isinstance(producer, ZeroPadding2D) and \
-                    getattr(layer, "keras_padding", None) == "valid":
+            elif (
+                isinstance(producer, ZeroPadding2D)
+                and getattr(layer, "keras_padding", None) == "valid"
+            ):
                 how, pad, inputs = How.PADDED, producer.padding, graph[source - 1][1]
                 steps[source - 1] = steps[source - 1]._replace(how=How.SKIP, inputs=())
         steps.append(_Step(name, tuple(inputs), (), how, pad))
@@ -321,10 +342,12 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
     def shares_input(step: int) -> bool:  # may return its input, or a view of it
-        return isinstance(model._modules[steps[step - 1].name], SHARES_INPUT) or \
-            steps[step - 1].how is How.ALIAS
+        return (
+            isinstance(model._layer(steps[step - 1].name), SHARES_INPUT)
+            or steps[step - 1].how is How.ALIAS
+        )
 
-    def owns(node: int, via: Optional[int] = None) -> bool:
+    def owns(node: int, via: int | None = None) -> bool:
         """No tensor that a later layer reads, or that the caller gets, shares `node`'s memory;
         `via` is a reader allowed to share it because it takes the memory over."""
         if node > 0 and steps[node - 1].name in keep:
@@ -337,22 +360,27 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
         return True
 
     for step, s in enumerate(steps, start=1):
-        layer = model._modules[s.name]
+        layer = model._layer(s.name)
         if s.how is not How.CALL or not hasattr(layer, "forward_inplace"):
             continue
-        writable = [s.inputs[k] for k in getattr(layer, "inplace_inputs", (0,))
-                    if readers[s.inputs[k]][-1] == step and owns(s.inputs[k])]
+        writable = [
+            s.inputs[k]
+            for k in getattr(layer, "inplace_inputs", (0,))
+            if readers[s.inputs[k]][-1] == step and owns(s.inputs[k])
+        ]
         if not writable:
             continue
         target = writable[0]
         if s.inputs.count(target) > 1:  # x + x cannot be written into x
             continue
         k = s.inputs.index(target)
-        inputs = (target,) + s.inputs[:k] + s.inputs[k + 1:]
-        autograd_safe = getattr(layer, "inplace_under_autograd", False) and \
-            readers[target] == [step]
-        steps[step - 1] = s._replace(inputs=inputs,
-                                     how=How.INPLACE if autograd_safe else How.INPLACE_NOGRAD)
+        inputs = (target, *s.inputs[:k], *s.inputs[k + 1 :])
+        autograd_safe = getattr(layer, "inplace_under_autograd", False) and readers[target] == [
+            step
+        ]
+        steps[step - 1] = s._replace(
+            inputs=inputs, how=How.INPLACE if autograd_safe else How.INPLACE_NOGRAD
+        )
 
     last_reader = {}
     for step, s in enumerate(steps, start=1):

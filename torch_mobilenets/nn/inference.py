@@ -11,7 +11,7 @@ untouched.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,12 +21,18 @@ from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish
 
 # oneDNN's fused convolution, which PyTorch itself runs for compiled models on the CPU
 # (Inductor); here it is called eagerly. A build without oneDNN keeps the plain layers.
-_ONEDNN = torch.backends.mkldnn.is_available() and \
-    hasattr(torch.ops.mkldnn, "_convolution_pointwise") and \
-    hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+_ONEDNN = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+)
 # Our activations as oneDNN post-ops: (name, its scalars).
-ONEDNN_ACTIVATIONS = {ReLU: ("relu", []), ReLU6: ("hardtanh", [0.0, 6.0]),
-                      HardSwish: ("hardswish", []), HardSigmoid: ("hardsigmoid", [])}
+ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
+    ReLU: ("relu", []),
+    ReLU6: ("hardtanh", [0.0, 6.0]),
+    HardSwish: ("hardswish", []),
+    HardSigmoid: ("hardsigmoid", []),
+}
 
 
 class FoldedAway(nn.Identity):
@@ -46,15 +52,22 @@ class FusedConv2d(Conv2d):
 
     PACKED_SHAPES = 4
 
-    def __init__(self, conv: Conv2d, activation: Optional[nn.Module]):
+    def __init__(self, conv: Conv2d, activation: nn.Module | None):
         with torch.device("meta"):  # the parameters are conv's own
-            super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size[0],
-                             stride=conv.stride[0], padding=conv.keras_padding,
-                             groups=conv.groups)
+            super().__init__(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size[0],
+                stride=conv.stride[0],
+                padding=conv.keras_padding,
+                groups=conv.groups,
+            )
         self.weight, self.bias = conv.weight, conv.bias
-        self.activation = activation
-        self.post_op, self.post_op_scalars = \
+        # Any: one of ONEDNN_ACTIVATIONS, whose `forward_inplace` nn.Module's typing cannot see.
+        self.activation: Any = activation
+        self.post_op, self.post_op_scalars = (
             ONEDNN_ACTIVATIONS[type(activation)] if activation is not None else ("none", [])
+        )
         # (input shape, padding) -> (weight's version, (oneDNN kernel, its padding))
         self._packed: dict = {}
 
@@ -68,14 +81,26 @@ class FusedConv2d(Conv2d):
             pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
         kernel, padding = self._packed_kernel(x, pad)
         return torch.ops.mkldnn._convolution_pointwise(
-            x, kernel, self.bias, padding, self.stride, self.dilation, self.groups,
-            self.post_op, self.post_op_scalars, None)
+            x,
+            kernel,
+            self.bias,
+            padding,
+            self.stride,
+            self.dilation,
+            self.groups,
+            self.post_op,
+            self.post_op_scalars,
+            None,
+        )
 
     def _onednn_applies(self, x: torch.Tensor) -> bool:
-        return x.device.type == "cpu" and x.dtype == self.weight.dtype == torch.float32 and \
-            self.weight.device.type == "cpu" and \
-            not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) \
+        return (
+            x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and self.weight.device.type == "cpu"
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        )
 
     def _packed_kernel(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, tuple]:
         # oneDNN picks the kernel's layout for one input shape; run on another, it reorders the
@@ -87,8 +112,13 @@ class FusedConv2d(Conv2d):
         if cached is None or cached[0] != version:
             weight, padding = self.padded_kernel(pad)
             kernel = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.contiguous(), list(padding), list(self.stride), list(self.dilation),
-                self.groups, list(x.shape))
+                weight.contiguous(),
+                list(padding),
+                list(self.stride),
+                list(self.dilation),
+                self.groups,
+                list(x.shape),
+            )
             cached = (version, (kernel, padding))
         self._packed[key] = cached  # most recently used last
         if len(self._packed) > self.PACKED_SHAPES:
@@ -105,8 +135,12 @@ def fold_batch_norms(model: KerasModel) -> KerasModel:
     nodes, readers = model.nodes(), model.readers()
     for node in nodes:
         bn = node.layer
-        if not isinstance(bn, BatchNorm2d) or len(node.inputs) != 1 or node.inputs[0] == 0 \
-                or len(readers[node.inputs[0]]) != 1:
+        if (
+            not isinstance(bn, BatchNorm2d)
+            or len(node.inputs) != 1
+            or node.inputs[0] == 0
+            or len(readers[node.inputs[0]]) != 1
+        ):
             continue
         conv = nodes[node.inputs[0] - 1].layer
         if not isinstance(conv, Conv2d):
@@ -128,13 +162,13 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
     nodes, readers = model.nodes(), model.readers()
     for node in nodes:
         conv = node.layer
-        if type(conv) not in (Conv2d, DepthwiseConv2d):
+        if not isinstance(conv, Conv2d) or type(conv) not in (Conv2d, DepthwiseConv2d):
             continue
-        activation, end = None, node.index
+        activation, end = None, node.number
         while len(readers.get(end, ())) == 1:
             reader = nodes[readers[end][0] - 1]
             if isinstance(model.get_submodule(reader.name), FoldedAway):
-                end = reader.index
+                end = reader.number
                 continue
             if type(reader.layer) in ONEDNN_ACTIVATIONS:
                 activation = reader.layer
@@ -144,8 +178,9 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
     return model
 
 
-def optimize_for_inference(model: KerasModel, channels_last: bool = True,
-                           compile: bool = False) -> nn.Module:
+def optimize_for_inference(
+    model: KerasModel, channels_last: bool = True, compile: bool = False
+) -> nn.Module:
     """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients, and
     on the CPU each convolution run by oneDNN with its kernel packed once and its activation
     applied in the same pass (`FusedConv2d`). A layer's output in this copy (`forward_layers`)
@@ -164,5 +199,5 @@ def optimize_for_inference(model: KerasModel, channels_last: bool = True,
     if channels_last:
         fast = fast.to(memory_format=torch.channels_last)
     if compile:
-        return torch.compile(fast, dynamic=True)
+        return cast(nn.Module, torch.compile(fast, dynamic=True))
     return fast

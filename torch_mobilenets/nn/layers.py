@@ -14,7 +14,8 @@ Each layer also knows two things the Keras functional API knows about its layers
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -65,11 +66,25 @@ def correct_pad(shape: Shape, kernel: int) -> tuple[tuple[int, int], tuple[int, 
     return (half - adjust[0], half), (half - adjust[1], half)
 
 
-def _spatial(size: Optional[int], fn: Callable[[int], int]) -> Optional[int]:
+def _spatial(size: int | None, fn: Callable[[int], int]) -> int | None:
     return None if size is None else fn(size)
 
 
-def _check_keras_shapes(layer: nn.Module, arrays: Sequence[np.ndarray]) -> None:
+class KerasWeighted(Protocol):
+    """What a layer with weights offers the converter and the Keras writer."""
+
+    keras_class: str
+
+    def keras_variables(self) -> list[str]: ...
+
+    def keras_shapes(self) -> list[tuple]: ...
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]: ...
+
+    def to_keras(self) -> list[np.ndarray]: ...
+
+
+def _check_keras_shapes(layer: KerasWeighted, arrays: Sequence[np.ndarray]) -> None:
     """Raise a ValueError naming every Keras variable whose shape differs from what this layer
     holds; the converter adds the file and layer names."""
     expected = layer.keras_shapes()
@@ -105,10 +120,14 @@ def glorot_uniform_(weight: torch.Tensor, keras_kernel_shape: tuple) -> None:
 class _KerasInitialized:
     """Layers start as Keras starts them: Glorot-uniform kernels, zero biases."""
 
+    weight: torch.Tensor
+    keras_shapes: Callable[[], list[tuple]]
+
     def reset_parameters(self) -> None:
         glorot_uniform_(self.weight, self.keras_shapes()[0])
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        bias = getattr(self, "bias", None)
+        if bias is not None:
+            nn.init.zeros_(bias)
 
 
 class Conv2d(_KerasInitialized, nn.Conv2d):
@@ -116,8 +135,9 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
 
     keras_class = "Conv2D"
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding="same",
-                 bias=False, groups=1):
+    def __init__(
+        self, in_channels, out_channels, kernel_size, stride=1, padding="same", bias=False, groups=1
+    ):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         self.keras_padding = padding
@@ -125,9 +145,18 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         # With stride 1 and an odd kernel, TF "same" is symmetric: let the conv pad for free.
         if padding == "same" and stride == 1 and kernel_size % 2 == 1:
             static_pad = kernel_size // 2
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
-                         padding=static_pad, bias=bias, groups=groups)
-        self._dynamic_same = padding == "same" and static_pad == 0 and (stride > 1 or kernel_size > 1)
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=static_pad,
+            bias=bias,
+            groups=groups,
+        )
+        self._dynamic_same = (
+            padding == "same" and static_pad == 0 and (stride > 1 or kernel_size > 1)
+        )
 
     def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
         """`pad`, ((top, bottom), (left, right)), is a preceding ZeroPadding2D folded in (see
@@ -162,23 +191,42 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         (top, bottom), (left, right) = pad
         if top == bottom and left == right:
             return self.weight, (top, left)
-        weight = F.pad(self.weight, (max(right - left, 0), max(left - right, 0),
-                                     max(bottom - top, 0), max(top - bottom, 0)))
+        weight = F.pad(
+            self.weight,
+            (
+                max(right - left, 0),
+                max(left - right, 0),
+                max(bottom - top, 0),
+                max(top - bottom, 0),
+            ),
+        )
         return weight, (max(top, bottom), max(left, right))
 
     def output_shape(self, shape: Shape) -> Shape:
         _, height, width = shape
         (kh, kw), (sh, sw) = self.kernel_size, self.stride
         if self.keras_padding == "same":
-            return (self.out_channels, _spatial(height, lambda n: math.ceil(n / sh)),
-                    _spatial(width, lambda n: math.ceil(n / sw)))
-        return (self.out_channels, _spatial(height, lambda n: (n - kh) // sh + 1),
-                _spatial(width, lambda n: (n - kw) // sw + 1))
+            return (
+                self.out_channels,
+                _spatial(height, lambda n: math.ceil(n / sh)),
+                _spatial(width, lambda n: math.ceil(n / sw)),
+            )
+        return (
+            self.out_channels,
+            _spatial(height, lambda n: (n - kh) // sh + 1),
+            _spatial(width, lambda n: (n - kw) // sw + 1),
+        )
 
-    def with_outputs(self, channels: int) -> "Conv2d":
+    def with_outputs(self, channels: int) -> Conv2d:
         """A fresh layer like this one with another number of output channels."""
-        return Conv2d(self.in_channels, channels, self.kernel_size[0], stride=self.stride[0],
-                      padding=self.keras_padding, bias=self.bias is not None)
+        return Conv2d(
+            self.in_channels,
+            channels,
+            self.kernel_size[0],
+            stride=self.stride[0],
+            padding=self.keras_padding,
+            bias=self.bias is not None,
+        )
 
     def keras_variables(self) -> list[str]:
         return ["kernel"] + (["bias"] if self.bias is not None else [])
@@ -205,10 +253,18 @@ class DepthwiseConv2d(Conv2d):
 
     keras_class = "DepthwiseConv2D"
 
-    def __init__(self, channels, kernel_size, stride=1, padding="same", depth_multiplier=1,
-                 bias=False):
-        super().__init__(channels, channels * depth_multiplier, kernel_size, stride=stride,
-                         padding=padding, bias=bias, groups=channels)
+    def __init__(
+        self, channels, kernel_size, stride=1, padding="same", depth_multiplier=1, bias=False
+    ):
+        super().__init__(
+            channels,
+            channels * depth_multiplier,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            bias=bias,
+            groups=channels,
+        )
 
     def keras_variables(self) -> list[str]:
         return ["depthwise_kernel"] + (["bias"] if self.bias is not None else [])
@@ -243,10 +299,16 @@ class BatchNorm2d(nn.BatchNorm2d):
     variance, as Keras does (PyTorch would use the unbiased one)."""
 
     keras_class = "BatchNormalization"
+    # Always tracked here (track_running_stats), so never None as nn.BatchNorm2d allows.
+    running_mean: torch.Tensor
+    running_var: torch.Tensor
+    momentum: float
     # Our names for Keras' gamma, beta, moving_mean, moving_variance.
     _KERAS_ORDER = ("weight", "bias", "running_mean", "running_var")
 
-    def __init__(self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON):
+    def __init__(
+        self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON
+    ):
         super().__init__(num_features, eps=epsilon, momentum=1.0 - momentum)
         # Keras' `trainable`: a frozen BatchNormalization runs in inference mode even in
         # training (see KerasModel.freeze).
@@ -254,14 +316,15 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.trainable):
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                                False, 0.0, self.eps)
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         mean = x.mean(dim=(0, 2, 3))
         var = x.var(dim=(0, 2, 3), unbiased=False)
         with torch.no_grad():
             self.running_mean.lerp_(mean.detach(), self.momentum)
             self.running_var.lerp_(var.detach(), self.momentum)
-            self.num_batches_tracked.add_(1)
+            self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
         scale = self.weight * torch.rsqrt(var + self.eps)
         return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
 
@@ -271,9 +334,17 @@ class BatchNorm2d(nn.BatchNorm2d):
         if (self.training and self.trainable) or x.device.type != "cpu":
             return self.forward(x)
         unused = x.new_empty(0)  # where the batch statistics would go in training
-        return torch.native_batch_norm(x, self.weight, self.bias, self.running_mean,
-                                       self.running_var, False, 0.0, self.eps,
-                                       out=(x, unused, unused))[0]
+        return torch.native_batch_norm(
+            x,
+            self.weight,
+            self.bias,
+            self.running_mean,
+            self.running_var,
+            False,
+            0.0,
+            self.eps,
+            out=(x, unused, unused),
+        )[0]
 
     def output_shape(self, shape: Shape) -> Shape:
         return shape
@@ -299,7 +370,7 @@ class Dense(_KerasInitialized, nn.Linear):
 
     keras_class = "Dense"
 
-    def __init__(self, in_features: int, units: int, activation: Optional[nn.Module] = None):
+    def __init__(self, in_features: int, units: int, activation: nn.Module | None = None):
         super().__init__(in_features, units)
         self.activation = activation if activation is not None else nn.Identity()
 
@@ -309,7 +380,7 @@ class Dense(_KerasInitialized, nn.Linear):
     def output_shape(self, shape: Shape) -> Shape:
         return (self.out_features,)
 
-    def with_outputs(self, units: int) -> "Dense":
+    def with_outputs(self, units: int) -> Dense:
         """A fresh layer like this one with another number of units."""
         return Dense(self.in_features, units, self.activation)
 
@@ -329,6 +400,7 @@ class Dense(_KerasInitialized, nn.Linear):
 
 # Layers without weights. Each keeps the shape it gets unless it says otherwise.
 
+
 class _ShapePreserving:
     def output_shape(self, shape: Shape) -> Shape:
         return shape
@@ -337,6 +409,7 @@ class _ShapePreserving:
 # Layers that can write their result into their input offer `forward_inplace`; the model uses it
 # where no later layer reads that input (see `functional._plan`). Activations can do so even while
 # autograd records; the others only without gradients.
+
 
 class _Activation(_ShapePreserving):
     inplace_under_autograd = True
@@ -422,8 +495,11 @@ class ZeroPadding2D(nn.Module):
 
     def output_shape(self, shape: Shape) -> Shape:
         channels, height, width = shape
-        return (channels, _spatial(height, lambda n: n + self.top + self.bottom),
-                _spatial(width, lambda n: n + self.left + self.right))
+        return (
+            channels,
+            _spatial(height, lambda n: n + self.top + self.bottom),
+            _spatial(width, lambda n: n + self.left + self.right),
+        )
 
     @property
     def padding(self) -> tuple:
@@ -527,17 +603,23 @@ class SqueezeAndExcite2D(nn.Module):
         return shape
 
     def keras_variables(self) -> list[str]:
-        return [f"{sub}/{v}" for sub in self.keras_sublayers
-                for v in getattr(self, sub).keras_variables()]
+        return [
+            f"{sub}/{v}"
+            for sub in self.keras_sublayers
+            for v in getattr(self, sub).keras_variables()
+        ]
 
     def keras_shapes(self) -> list[tuple]:
         return self.squeeze_conv.keras_shapes() + self.excite_conv.keras_shapes()
 
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
-        state = {f"squeeze_conv.{k}": v for k, v in self.squeeze_conv.from_keras(arrays[:2]).items()}
-        state.update({f"excite_conv.{k}": v
-                      for k, v in self.excite_conv.from_keras(arrays[2:]).items()})
+        state = {
+            f"squeeze_conv.{k}": v for k, v in self.squeeze_conv.from_keras(arrays[:2]).items()
+        }
+        state.update(
+            {f"excite_conv.{k}": v for k, v in self.excite_conv.from_keras(arrays[2:]).items()}
+        )
         return state
 
     def to_keras(self) -> list[np.ndarray]:

@@ -26,7 +26,6 @@ import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
-from typing import Optional
 
 from .._version import __version__
 from ..keras_io import convert
@@ -36,7 +35,7 @@ from .registry import HASH_STATUS_NOTES, Checkpoint, imagenet_checkpoint
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
     import msvcrt
 
 SEEN_HASHES_FILE = "sha256_seen.json"
@@ -63,7 +62,7 @@ def cache_dir() -> Path:
 
 
 @contextlib.contextmanager
-def progress_bars(enabled: Optional[bool]):
+def progress_bars(enabled: bool | None):
     """Within the block, show (True) or hide (False) download progress bars; None: the default."""
     token = _progress_override.set(enabled)
     try:
@@ -75,12 +74,18 @@ def progress_bars(enabled: Optional[bool]):
 def imagenet_weights(config: dict, stacklevel: int = 1) -> Path:
     """The converted official checkpoint for a model built with `config` (Keras' choice of file),
     fetched into the cache if needed. Warnings point `stacklevel` frames up (1: the caller)."""
-    return converted_checkpoint(imagenet_checkpoint(config, stacklevel + 1),
-                                stacklevel=stacklevel + 1)
+    return converted_checkpoint(
+        imagenet_checkpoint(config, stacklevel + 1), stacklevel=stacklevel + 1
+    )
 
 
-def converted_checkpoint(checkpoint: Checkpoint, directory=None, keras_directory=None,
-                         progress: Optional[bool] = None, stacklevel: int = 1) -> Path:
+def converted_checkpoint(
+    checkpoint: Checkpoint,
+    directory=None,
+    keras_directory=None,
+    progress: bool | None = None,
+    stacklevel: int = 1,
+) -> Path:
     """The `.safetensors` conversion of `checkpoint`'s Keras file, in `directory` (default: the
     cache); downloads and verifies the Keras file into `keras_directory` (default: the same).
     Warnings point `stacklevel` frames up (1: the caller)."""
@@ -99,8 +104,9 @@ def converted_checkpoint(checkpoint: Checkpoint, directory=None, keras_directory
     return converted
 
 
-def download(checkpoint: Checkpoint, directory=None, progress: Optional[bool] = None,
-             stacklevel: int = 1) -> Path:
+def download(
+    checkpoint: Checkpoint, directory=None, progress: bool | None = None, stacklevel: int = 1
+) -> Path:
     """The verified Keras file of `checkpoint` in `directory` (default: the cache), downloaded
     unless a verified copy is already there. Warnings point `stacklevel` frames up."""
     directory = Path(directory or cache_dir())
@@ -110,8 +116,9 @@ def download(checkpoint: Checkpoint, directory=None, progress: Optional[bool] = 
 
 
 # ------------------------------------------------------------------------------ under the lock
-def _fetch_verified(checkpoint: Checkpoint, directory: Path, progress: Optional[bool],
-                    stacklevel: int) -> Path:
+def _fetch_verified(
+    checkpoint: Checkpoint, directory: Path, progress: bool | None, stacklevel: int
+) -> Path:
     target = directory / checkpoint.file_name
     # We hold the lock, so any partial download left here is from a process that died.
     for stale in directory.glob(f".{checkpoint.file_name}.*.part"):
@@ -135,8 +142,7 @@ def _fetch_verified(checkpoint: Checkpoint, directory: Path, progress: Optional[
     return target
 
 
-def _http_get(checkpoint: Checkpoint, part: Path, directory: Path,
-              progress: Optional[bool]) -> dict:
+def _http_get(checkpoint: Checkpoint, part: Path, directory: Path, progress: bool | None) -> dict:
     """Stream the file into `part`; returns its md5 and sha256. Raises DownloadError with the URL
     and the offline alternative on any failure, a short transfer included."""
     url = checkpoint.url
@@ -144,9 +150,13 @@ def _http_get(checkpoint: Checkpoint, part: Path, directory: Path,
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as error:
-        raise DownloadError(_failure(checkpoint, directory, f"HTTP {error.code} {error.reason}"))
+        raise DownloadError(
+            _failure(checkpoint, directory, f"HTTP {error.code} {error.reason}")
+        ) from None
     except (urllib.error.URLError, OSError) as error:  # refused, no route, no DNS, timeout
-        raise DownloadError(_failure(checkpoint, directory, getattr(error, "reason", error)))
+        raise DownloadError(
+            _failure(checkpoint, directory, getattr(error, "reason", error))
+        ) from None
     md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
     received = 0
     with response, open(part, "wb") as out:
@@ -157,9 +167,14 @@ def _http_get(checkpoint: Checkpoint, part: Path, directory: Path,
                 try:
                     block = response.read(1 << 16)
                 except (OSError, http.client.HTTPException) as error:
-                    raise DownloadError(_failure(
-                        checkpoint, directory, f"the transfer broke off after {received} bytes "
-                        f"({error!r}); nothing was kept")) from None
+                    raise DownloadError(
+                        _failure(
+                            checkpoint,
+                            directory,
+                            f"the transfer broke off after {received} bytes "
+                            f"({error!r}); nothing was kept",
+                        )
+                    ) from None
                 if not block:
                     break
                 out.write(block)
@@ -169,21 +184,28 @@ def _http_get(checkpoint: Checkpoint, part: Path, directory: Path,
                 bar.update(len(block))
     # http.client ends a body cut short by the server as if it were complete.
     if total is not None and received != total:
-        raise DownloadError(_failure(
-            checkpoint, directory,
-            f"the transfer ended after {received} of {total} bytes; nothing was kept"))
+        raise DownloadError(
+            _failure(
+                checkpoint,
+                directory,
+                f"the transfer ended after {received} of {total} bytes; nothing was kept",
+            )
+        )
     return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
 
 
 def _failure(checkpoint: Checkpoint, directory: Path, reason) -> str:
-    return (f"Could not download the official weights {checkpoint.url}: {reason}. If this "
-            f"machine cannot fetch it, get that file elsewhere and pass its path instead, "
-            f"weights='/path/to/{checkpoint.file_name}' (or its `python -m convert` output), "
-            f"or put it at {directory / checkpoint.file_name}.")
+    return (
+        f"Could not download the official weights {checkpoint.url}: {reason}. If this "
+        f"machine cannot fetch it, get that file elsewhere and pass its path instead, "
+        f"weights='/path/to/{checkpoint.file_name}' (or its `python -m convert` output), "
+        f"or put it at {directory / checkpoint.file_name}."
+    )
 
 
-def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str,
-            stacklevel: int) -> None:
+def _verify(
+    checkpoint: Checkpoint, digests: dict, directory: Path, where: str, stacklevel: int
+) -> None:
     if checkpoint.hash_algorithm:
         expected, got = checkpoint.file_hash, digests[checkpoint.hash_algorithm]
         if got != expected:
@@ -191,7 +213,8 @@ def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str,
                 f"{where}: {checkpoint.hash_algorithm} {got} is not the expected {expected} "
                 f"({checkpoint.hash_status}: {HASH_STATUS_NOTES[checkpoint.hash_status]}), so "
                 f"the file was discarded. If you trust a copy of {checkpoint.file_name} anyway, "
-                f"pass weights='/path/to/{checkpoint.file_name}'.")
+                f"pass weights='/path/to/{checkpoint.file_name}'."
+            )
         return
     # Trust on first use: nothing published to check against.
     seen = digests["sha256"]
@@ -200,16 +223,20 @@ def _verify(checkpoint: Checkpoint, digests: dict, directory: Path, where: str,
         warnings.warn(
             f"{checkpoint.file_name} was NOT verified: Keras publishes no checksum for it. Its "
             f"sha256 {seen} is now recorded in {directory / SEEN_HASHES_FILE}, and later "
-            "downloads must match it (trust on first use).", UserWarning, stacklevel=stacklevel + 1)
+            "downloads must match it (trust on first use).",
+            UserWarning,
+            stacklevel=stacklevel + 1,
+        )
     elif recorded != seen:
         raise ChecksumError(
             f"{where}: sha256 {seen} differs from {recorded}, recorded when "
             f"{checkpoint.file_name} was first downloaded into {directory} (trust on first use), "
             f"so the file was discarded. If the official file has really changed, delete its "
-            f"entry in {directory / SEEN_HASHES_FILE}.")
+            f"entry in {directory / SEEN_HASHES_FILE}."
+        )
 
 
-def _record_first_seen(directory: Path, file_name: str, sha256: str) -> Optional[str]:
+def _record_first_seen(directory: Path, file_name: str, sha256: str) -> str | None:
     """The sha256 recorded for `file_name`; records `sha256` and returns None if there was none."""
     record = directory / SEEN_HASHES_FILE
     with _file_lock(directory / f"{SEEN_HASHES_FILE}.lock"):
@@ -259,8 +286,9 @@ def _file_lock(path: Path):
                 msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-def _progress_bar(checkpoint: Checkpoint, total: Optional[int], directory: Path,
-                  progress: Optional[bool]):
+def _progress_bar(
+    checkpoint: Checkpoint, total: int | None, directory: Path, progress: bool | None
+):
     from tqdm import tqdm
 
     if progress is None:
@@ -268,9 +296,18 @@ def _progress_bar(checkpoint: Checkpoint, total: Optional[int], directory: Path,
     if progress is None and os.environ.get(PROGRESS_ENV, "") != "":
         progress = os.environ[PROGRESS_ENV].lower() not in ("0", "false", "no", "off")
     # disable=None: tqdm shows the bar only on a terminal.
-    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
-               desc=checkpoint.file_name, disable=None if progress is None else not progress)
+    bar = tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        file=sys.stderr,
+        desc=checkpoint.file_name,
+        disable=None if progress is None else not progress,
+    )
     if not bar.disable:
-        bar.write(f'Downloading: "{checkpoint.url}" to {directory / checkpoint.file_name}',
-                  file=sys.stderr)
+        bar.write(
+            f'Downloading: "{checkpoint.url}" to {directory / checkpoint.file_name}',
+            file=sys.stderr,
+        )
     return bar

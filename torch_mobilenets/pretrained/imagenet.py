@@ -7,6 +7,7 @@ import json
 from importlib.resources import files
 
 import numpy as np
+import torch
 
 # Byte-identical to the file Keras downloads (md5 c2c37ea517e94d9795004a39431a14cb);
 # regenerate with convert/make_class_index.py.
@@ -27,11 +28,7 @@ def load_class_index() -> dict[int, tuple[str, str]]:
 def _to_numpy(preds) -> np.ndarray:
     if isinstance(preds, np.ndarray):
         return preds
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is not None and isinstance(preds, torch.Tensor):
+    if isinstance(preds, torch.Tensor):
         preds = preds.detach().cpu()
         # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
         if preds.dtype == torch.bfloat16:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 from ..keras_io import load_weights
 from ..models import arguments
@@ -18,8 +18,9 @@ from ..nn.graph import KerasModel
 from .download import imagenet_weights
 
 
-def load_requested_weights(model: KerasModel, weights: arguments.Weights,
-                           stacklevel: int = 1) -> KerasModel:
+def load_requested_weights(
+    model: KerasModel, weights: arguments.Weights, stacklevel: int = 1
+) -> KerasModel:
     """Load what `weights` names into a freshly built `model`: nothing for None; for "imagenet"
     Keras' choice of official file, downloaded, verified and converted once into torch's hub
     cache; else the path of a Keras file or a converted `.safetensors`. Warnings point
@@ -31,16 +32,18 @@ def load_requested_weights(model: KerasModel, weights: arguments.Weights,
     return load_weights(model, weights, assign=True)  # a fresh model: take the tensors as they are
 
 
-def build_with_weights(builder: Callable[..., KerasModel], args: tuple, kwargs: dict,
-                       stacklevel: int = 1) -> KerasModel:
+def build_with_weights(
+    builder: Callable[..., KerasModel], args: tuple, kwargs: dict, stacklevel: int = 1
+) -> KerasModel:
     """`builder(*args, **kwargs)` with weights loaded, `weights` defaulting to "imagenet" as in
     Keras; Keras' warnings point `stacklevel` frames up (1: the caller)."""
     bound = public_signature(builder).bind(*args, **kwargs)
     bound.apply_defaults()
     weights = bound.arguments["weights"]
     model = builder(**bound.arguments)
-    message = arguments.channels_warning(model.config["family"],
-                                         bound.arguments.get("input_shape"), weights)
+    message = arguments.channels_warning(
+        model.config["family"], bound.arguments.get("input_shape"), weights
+    )
     if message:
         warnings.warn(message, UserWarning, stacklevel=stacklevel + 1)
     return load_requested_weights(model, weights, stacklevel + 1)
@@ -50,14 +53,17 @@ def build_with_weights(builder: Callable[..., KerasModel], args: tuple, kwargs: 
 def public_signature(builder: Callable) -> inspect.Signature:
     """The builder's signature with Keras' default, `weights="imagenet"`."""
     signature = inspect.signature(builder)
-    parameters = [p.replace(default="imagenet") if p.name == "weights" else p
-                  for p in signature.parameters.values()]
+    parameters = [
+        p.replace(default="imagenet") if p.name == "weights" else p
+        for p in signature.parameters.values()
+    ]
     return signature.replace(parameters=parameters)
 
 
 def with_weights(builder: Callable[..., KerasModel]) -> Callable[..., KerasModel]:
     """The public constructor of a builder: the same arguments and docstring, and `weights`
     loaded."""
+
     @functools.wraps(builder)
     def constructor(*args, **kwargs) -> KerasModel:
         return build_with_weights(builder, args, kwargs, stacklevel=2)

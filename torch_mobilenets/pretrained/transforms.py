@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -33,24 +32,27 @@ class KerasPreprocessing:
     "tf" mode `x / 127.5 - 1` (V1, V2, and V3 without its `rescaling` layer).
     """
 
-    def __init__(self, size: Optional[Union[int, tuple]] = 224, scale: bool = True,
-                 interpolation: str = "nearest"):
+    def __init__(
+        self, size: int | tuple | None = 224, scale: bool = True, interpolation: str = "nearest"
+    ):
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}; "
-                             f"got {interpolation!r}")
+            raise ValueError(
+                f"interpolation must be one of {INTERPOLATIONS}; got {interpolation!r}"
+            )
         self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
         self.scale = scale
         self.interpolation = interpolation
 
     @classmethod
-    def for_family(cls, family: str, size: Optional[int] = 224,
-                   include_preprocessing: bool = True) -> "KerasPreprocessing":
+    def for_family(
+        cls, family: str, size: int | tuple | None = 224, include_preprocessing: bool = True
+    ) -> KerasPreprocessing:
         """The preset of a family's models: V3 models with their `rescaling` layer take pixels."""
         scaled_by_model = family.startswith("mobilenet_v3") and include_preprocessing
         return cls(size, scale=not scaled_by_model)
 
     @classmethod
-    def for_model(cls, model) -> "KerasPreprocessing":
+    def for_model(cls, model) -> KerasPreprocessing:
         """The preset for a built model: its static input size (224 when it has none, the size of
         the official files), and its family's scaling."""
         config = model.config
@@ -65,8 +67,10 @@ class KerasPreprocessing:
 
     def _tensor(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8 or images.dim() not in (3, 4) or images.shape[-3] != 3:
-            raise ValueError("expected a uint8 tensor of shape (3, H, W) or (N, 3, H, W); got "
-                             f"{images.dtype} {tuple(images.shape)}")
+            raise ValueError(
+                "expected a uint8 tensor of shape (3, H, W) or (N, 3, H, W); got "
+                f"{images.dtype} {tuple(images.shape)}"
+            )
         if images.dim() == 4:
             return torch.stack([self._tensor(image) for image in images])
         from PIL import Image
@@ -81,8 +85,9 @@ class KerasPreprocessing:
             with open(image, "rb") as f:
                 image = Image.open(io.BytesIO(f.read()))
         if not isinstance(image, Image.Image):
-            raise TypeError(f"expected a PIL image, an image path or a uint8 tensor; got "
-                            f"{type(image).__name__}")
+            raise TypeError(
+                f"expected a PIL image, an image path or a uint8 tensor; got {type(image).__name__}"
+            )
         return image
 
     def _to_input(self, image) -> torch.Tensor:
@@ -93,11 +98,14 @@ class KerasPreprocessing:
         if self.size is not None:
             width_height = (self.size[1], self.size[0])
             if image.size != width_height:
-                image = image.resize(width_height, getattr(Image.Resampling,
-                                                           self.interpolation.upper()))
+                image = image.resize(
+                    width_height, getattr(Image.Resampling, self.interpolation.upper())
+                )
         x = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1).copy())
         return scale_to_unit_range(x) if self.scale else x
 
     def __repr__(self) -> str:
-        return (f"KerasPreprocessing(size={self.size}, scale={self.scale}, "
-                f"interpolation={self.interpolation!r})")
+        return (
+            f"KerasPreprocessing(size={self.size}, scale={self.scale}, "
+            f"interpolation={self.interpolation!r})"
+        )
