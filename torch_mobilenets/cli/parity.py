@@ -17,6 +17,8 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -148,16 +150,16 @@ def check(
     """The parity report of a weights file: Keras loading `path`, PyTorch loading
     `torch_weights` (default: the same file), on `images` or `seeded` seeded ones. `known` fixes
     parts of the architecture, `input_shape` (channels first) builds both models static."""
-    keras = import_keras()
     path = Path(path)
-    keras_file = read(path)
+    keras_file = read(path)  # a bad file fails before TensorFlow starts
     config = file_config(keras_file, **(known or {}))
+    keras = import_keras()
     if input_shape is not None:
         config["input_shape"] = list(input_shape)
     family = config["family"]
     if family == "mobilenet_v3_backbone":
         import_keras_cv()
-    keras_model = _keras_model(keras, family, config, keras_file.layout, path)
+    keras_model = _keras_model(keras, family, config, keras_file.layout, path, size)
     rows, cols = _input_size(keras_model, family, config, size)
     torch_config = _torch_config(keras, keras_model, config)
     torch_model = load_weights(build(torch_config), torch_weights or path).eval()
@@ -198,6 +200,7 @@ def import_keras():
     first compile or optimizer step."""
     import torch._dynamo  # noqa: F401
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter
     try:
         import keras
     except ImportError as error:  # Keras without its backend, say
@@ -231,7 +234,7 @@ def keras_application(keras, family: str, config: dict, input_shape: tuple | Non
     return builder(weights=None, input_shape=input_shape, **kwargs)
 
 
-def _keras_model(keras, family: str, config: dict, layout: str, path: Path):
+def _keras_model(keras, family: str, config: dict, layout: str, path: Path, size: tuple | None):
     if layout in ("legacy_full_model_h5", "keras_archive"):
         model = keras.models.load_model(path, compile=False)
         _drop_softmax(keras, model)
@@ -250,7 +253,8 @@ def _keras_model(keras, family: str, config: dict, layout: str, path: Path):
     else:
         shape = _channels_last(config.get("input_shape"))
         if shape is None and config.get("include_top") and family in ("mobilenet", "mobilenet_v2"):
-            shape = (DEFAULT_SIZE, DEFAULT_SIZE, 3)  # Keras needs a static size with this top
+            rows, cols = size or (DEFAULT_SIZE, DEFAULT_SIZE)
+            shape = (rows, cols, 3)  # Keras needs a static size with this top
         model = keras_application(keras, family, config, shape)
     model.load_weights(str(path))
     return model
@@ -378,7 +382,7 @@ def _outputs(keras, keras_model, torch_model, keras_input: np.ndarray, torch_inp
     if levels and hasattr(torch_model, "forward_pyramid"):
         names += list(levels)
         keras_outputs += [keras_model.get_layer(levels[level]).output for level in levels]
-    runner = keras.Model(keras_model.inputs, keras_outputs)
+    runner = keras.Model(keras_model.input, keras_outputs)
     theirs = runner(keras_input, training=False)
     theirs = theirs if isinstance(theirs, (list, tuple)) else [theirs]
     output_name = (
@@ -422,11 +426,13 @@ def _versions(keras) -> dict:
         "keras": keras.__version__,
         "keras backend": keras.backend.backend(),
     }
-    for package in ("tensorflow", "keras-cv"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
+    backend = sys.modules.get(
+        {"tensorflow": "tensorflow", "jax": "jax"}.get(keras.backend.backend(), "torch")
+    )
+    if backend is not None:
+        versions[keras.backend.backend()] = backend.__version__
+    if "keras_cv" in sys.modules:
+        versions["keras-cv"] = importlib.metadata.version("keras-cv")
     return versions
 
 
