@@ -135,3 +135,54 @@ def test_dependencies_are_exactly_what_the_package_imports():
     assert {DISTRIBUTIONS.get(name, name) for name in declared} == RUNTIME_IMPORTS
     assert project["scripts"] == {"torch-mobilenets": "torch_mobilenets.cli:console"}
     assert {"keras", "keras-cv", "test", "lint"} <= set(project["optional-dependencies"])
+
+
+# Everything the package offered before its layers were split, by the same names.
+PUBLIC = [
+    "FAMILIES",
+    "Checkpoint",
+    "KerasModel",
+    "KerasPreprocessing",
+    "MobileNet",
+    "MobileNetV2",
+    "MobileNetV3Backbone",
+    "MobileNetV3Large",
+    "MobileNetV3LargeBackbone",
+    "MobileNetV3Small",
+    "MobileNetV3SmallBackbone",
+    "list_weights",
+    "mobilenet_v1",
+    "mobilenet_v2",
+    "mobilenet_v3",
+    "optimize_for_inference",
+]
+
+
+def test_the_public_names_keep_working():
+    import hubconf
+    import torch_mobilenets as tm
+    from torch_mobilenets import conversion, saving
+
+    assert set(PUBLIC) <= set(tm.__all__) and all(hasattr(tm, name) for name in tm.__all__)
+    for module in (tm.mobilenet_v1, tm.mobilenet_v2, tm.mobilenet_v3):
+        assert callable(module.preprocess_input) and callable(module.decode_predictions)
+    assert tm.mobilenet_v2.MobileNetV2 is tm.MobileNetV2 is tm.FAMILIES["mobilenet_v2"]
+    assert conversion.convert is tm.keras_io.convert and conversion.load_weights is tm.load_weights
+    assert saving.save_checkpoint is tm.save_checkpoint
+    assert tm.KerasPreprocessing.for_model(tm.MobileNetV2(weights=None)).size == (224, 224)
+    entries = {
+        "mobilenet",
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "mobilenet_v3_small_backbone",
+        "mobilenet_v3_large_backbone",
+    }
+    assert entries <= set(dir(hubconf))
+    # Keras' signatures and defaults, weights="imagenet" included.
+    import inspect
+
+    parameters = inspect.signature(tm.MobileNetV3Small).parameters
+    assert list(parameters)[:4] == ["input_shape", "alpha", "minimalistic", "include_top"]
+    assert parameters["weights"].default == "imagenet"
+    assert inspect.signature(tm.MobileNetV3Backbone).parameters["weights"].default is None

@@ -1,6 +1,7 @@
 """optimize_for_inference: the same function, faster, and the model given untouched."""
 
 import copy
+import itertools
 import pickle
 
 import pytest
@@ -103,3 +104,37 @@ def test_fused_copy_can_be_copied_and_pickled_after_use():
         again = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
         assert not again.get_submodule("conv")._packed
         torch.testing.assert_close(again(x), expected, rtol=0, atol=0)
+
+
+MODES = {
+    "inference_mode": torch.inference_mode,
+    "no_grad": torch.no_grad,
+    "grad": torch.enable_grad,
+}
+
+
+@pytest.mark.parametrize("builder", [tm.MobileNetV2, tm.MobileNetV3Small], ids=lambda b: b.__name__)
+def test_inference_mode_and_no_grad_in_every_combination(builder):
+    """Built in or out of inference mode, made under inference_mode, no_grad or neither, run under
+    inference_mode or no_grad: the eager outputs, with the packed oneDNN kernels in use."""
+    x = torch.rand(2, 3, 65, 65) * 255
+    if builder is tm.MobileNetV2:
+        x = x / 127.5 - 1
+    for built, made, run in itertools.product(
+        ("inference_mode", "grad"), MODES, ("inference_mode", "no_grad")
+    ):
+        case = f"built under {built}, made under {made}, run under {run}"
+        with MODES[built]():
+            model = trained_like(builder(weights=None, alpha=0.5, include_top=False))
+        with torch.no_grad():
+            expected = model(x)
+        with MODES[made]():
+            fast = tm.optimize_for_inference(model)
+        with MODES[run]():
+            for _ in range(2):  # the second call reuses the packed kernels
+                got = fast(x)
+        error = ((got - expected).abs().max() / max(1.0, expected.abs().max())).item()
+        assert error <= PARITY_TOLERANCE, f"{case}: relative error {error:.2e}"
+        if inference._ONEDNN:
+            packed = [m._packed for m in fast.modules() if isinstance(m, FusedConv2d)]
+            assert packed and all(packed), f"{case}: a convolution fell back to the plain path"

@@ -7,6 +7,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from ..keras_io.pairing import ARCHITECTURE_KEYS
 from ..models import FAMILIES
 
 EXIT_OK = 0
@@ -84,14 +85,8 @@ def add_architecture_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--classes", type=int)
 
 
-ARCHITECTURE_OPTIONS = (
-    "family",
-    "alpha",
-    "depth_multiplier",
-    "minimalistic",
-    "include_top",
-    "classes",
-)
+# What a file may leave open: the discrete configuration, not KerasCV's per-block lists.
+ARCHITECTURE_OPTIONS = tuple(k for k in ARCHITECTURE_KEYS if not k.startswith("stackwise_"))
 
 
 def known_architecture(args: argparse.Namespace) -> dict:

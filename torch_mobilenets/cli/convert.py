@@ -9,6 +9,7 @@ from pathlib import Path
 from ..keras_io import convert, describe_config, safetensors_to_keras
 from .all_official import run_all
 from .common import (
+    ARCHITECTURE_OPTIONS,
     EXIT_BAD_INPUT,
     EXIT_USAGE,
     add_architecture_options,
@@ -19,18 +20,9 @@ from .common import (
 )
 
 EXIT_INCOMPLETE = 4  # --all-official: some checkpoints failed; the rest are done
-# Options that shape one SRC -> DST conversion, refused with --all-official.
-CONVERSION_OPTIONS = (
-    "family",
-    "alpha",
-    "depth_multiplier",
-    "minimalistic",
-    "include_top",
-    "classes",
-    "force",
-    "allow_nonfinite",
-)
 FLAGS = ("force", "allow_nonfinite")  # store_true options: False when not given
+# Options that shape one SRC -> DST conversion, refused with --all-official.
+CONVERSION_OPTIONS = (*ARCHITECTURE_OPTIONS, *FLAGS)
 
 DESCRIPTION = """\
 Convert a Keras MobileNet weights file to a PyTorch safetensors checkpoint.

@@ -191,13 +191,16 @@ def optimize_for_inference(
     the result in `torch.compile` (dynamic sizes allowed), which pays a compilation on first
     call.
     """
-    fast = fold_batch_norms(copy.deepcopy(model).eval())
-    if _ONEDNN:
-        fuse_convolutions(fast)
-    for parameter in fast.parameters():
-        parameter.requires_grad_(False)
-    if channels_last:
-        fast = fast.to(memory_format=torch.channels_last)
+    # The copy holds normal tensors even when made under torch.inference_mode(): inference
+    # tensors keep no version counter, which FusedConv2d reads to notice a weight changed.
+    with torch.inference_mode(False), torch.no_grad():
+        fast = fold_batch_norms(copy.deepcopy(model).eval())
+        if _ONEDNN:
+            fuse_convolutions(fast)
+        for parameter in fast.parameters():
+            parameter.requires_grad_(False)
+        if channels_last:
+            fast = fast.to(memory_format=torch.channels_last)
     if compile:
         return cast(nn.Module, torch.compile(fast, dynamic=True))
     return fast
