@@ -6,7 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.keras  # Keras on TensorFlow is one of the contenders
 
 
 def test_benchmark_script_writes_every_table(tmp_path):
