@@ -319,14 +319,18 @@ class BatchNorm2d(nn.BatchNorm2d):
             return F.batch_norm(
                 x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
             )
-        mean = x.mean(dim=(0, 2, 3))
-        var = x.var(dim=(0, 2, 3), unbiased=False)
+        # One fused kernel and its backward, normalising with the biased batch variance as Keras
+        # does. PyTorch's own update of the moving variance would take the unbiased one, so the
+        # statistics are updated here, with the biased variance recovered from 1 / sqrt(var + eps).
+        out, mean, invstd = torch.native_batch_norm(
+            x, self.weight, self.bias, None, None, True, 0.0, self.eps
+        )
         with torch.no_grad():
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(var.detach(), self.momentum)
+            var = invstd.pow(-2).sub_(self.eps)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
             self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
-        scale = self.weight * torch.rsqrt(var + self.eps)
-        return x * scale[:, None, None] + (self.bias - mean * scale)[:, None, None]
+        return out
 
     def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
         """The same result written into `x`, on the CPU in inference: the same kernel as
