@@ -54,7 +54,7 @@ examples:
 exit codes: 0 done, 1 internal error (rerun with --debug), 2 usage (bad options, DST not
 .safetensors or a folder, an existing DST without --force), 3 input that cannot be read or
 does not fit, or an output folder that does not exist, 4 --all-official did not finish every
-checkpoint, 130 interrupted."""
+checkpoint, 130 interrupted (143 by SIGTERM)."""
 
 
 def add_parser(subcommands) -> None:
