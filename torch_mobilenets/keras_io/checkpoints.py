@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -75,8 +76,16 @@ def convert(src, dst, *, allow_nonfinite: bool = False, **known) -> dict:
 
 
 def save_checkpoint(model: KerasModel, path) -> None:
-    """The model's state dict as safetensors, with its config; written atomically."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    """The model's state dict as safetensors, with its config; written atomically.
+
+    Weights are written as float32 whatever the model's dtype, as every checkpoint here holds
+    them: float16 and bfloat16 widen to float32 exactly, so a half-precision model saved and
+    loaded back into a model of its dtype is the same bit for bit (`load_weights` casts to the
+    model's dtype)."""
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     metadata = {
         METADATA_KEY: json.dumps(
             {"config": _jsonable(model.config), "converter_version": __version__}, sort_keys=True
@@ -184,9 +193,10 @@ def load_weights(
     All-or-nothing: the file must fill every parameter and buffer with tensors of the right
     shapes and leave none of its own unused; otherwise a WeightsFileError is raised and the model
     is left untouched (the whole state is built and checked before anything is copied). NaN and
-    Inf are refused unless `allow_nonfinite`. `assign` (for a model on the CPU that nothing else
-    refers to yet, as in the builders) makes the loaded tensors the model's own instead of
-    copying them once more.
+    Inf are refused unless `allow_nonfinite`. The files hold float32 weights; they are cast to
+    the model's dtype (float16, bfloat16, ...), which is the caller's choice. `assign` (for a
+    model on the CPU that nothing else refers to yet, as in the builders) makes the loaded
+    tensors the model's own instead of copying them once more, where the dtypes agree.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -204,16 +214,18 @@ def load_weights(
         except WeightsFileError as error:
             raise WeightsFileError(f"{error}{what_the_file_holds(keras_file, model)}") from None
         # Already matched layer by layer; checked again so that load_state_dict cannot fail
-        # half way (it copies what fits before it complains). The model's dtype is the user's.
-        _check_state(path, state, model, None, dtypes=False)
-    on_cpu = all(t.device.type in ("cpu", "meta") for t in model.state_dict().values())
-    model.load_state_dict(state, assign=assign and on_cpu)
+        # half way (it copies what fits before it complains).
+        _check_state(path, state, model, None)
+    own = model.state_dict()
+    # Assigned tensors would keep the file's dtype and device: only where both are the model's.
+    assign = assign and all(
+        t.device.type in ("cpu", "meta") and t.dtype == state[k].dtype for k, t in own.items()
+    )
+    model.load_state_dict(state, assign=assign)
     return model
 
 
-def _check_state(
-    path: Path, state: dict, model: KerasModel, config: dict | None, dtypes: bool = True
-) -> None:
+def _check_state(path: Path, state: dict, model: KerasModel, config: dict | None) -> None:
     expected = model.state_dict()
     hint = f" The file holds {describe_config(config)}." if config else ""
     missing = [k for k in expected if k not in state]
@@ -232,7 +244,8 @@ def _check_state(
                 f"{path}: layer {layer!r}: {key} has shape {tuple(tensor.shape)}, model "
                 f"{model.name!r} expects {tuple(expected[key].shape)}.{hint}"
             )
-        if dtypes and tensor.dtype != expected[key].dtype:
+        # Weights are cast to the model's float dtype; a count is no weight, nor the reverse.
+        if tensor.is_floating_point() != expected[key].is_floating_point():
             raise WeightsFileError(
                 f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} is {tensor.dtype}, model "
                 f"expects {expected[key].dtype}"
