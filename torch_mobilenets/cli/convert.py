@@ -29,8 +29,9 @@ CONVERSION_OPTIONS = (
     "classes",
     "force",
     "allow_nonfinite",
+    "skip_extra_layers",
 )
-FLAGS = ("force", "allow_nonfinite")  # store_true options: False when not given
+FLAGS = ("force", "allow_nonfinite", "skip_extra_layers")  # store_true: False when not given
 
 DESCRIPTION = """\
 Convert a Keras MobileNet weights file to a PyTorch safetensors checkpoint.
@@ -74,6 +75,14 @@ def add_parser(subcommands) -> None:
         action="store_true",
         dest="allow_nonfinite",
         help="convert weights holding NaN or infinities instead of refusing them",
+    )
+    parser.add_argument(
+        "--skip-extra-layers",
+        action="store_true",
+        dest="skip_extra_layers",
+        help="convert a legacy .h5 holding layers after those of the model it fits (a "
+        "MobileNetV3 _no_top.h5 from before October 2021 holds the top's Conv_2) without them, "
+        "naming them, instead of refusing it",
     )
     parser.add_argument(
         "--to",
@@ -175,7 +184,11 @@ def _convert(args: argparse.Namespace) -> int:
             print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}")
             return 0
         config = convert(
-            args.src, args.dst, allow_nonfinite=args.allow_nonfinite, **known_architecture(args)
+            args.src,
+            args.dst,
+            allow_nonfinite=args.allow_nonfinite,
+            skip_extra_layers=args.skip_extra_layers,
+            **known_architecture(args),
         )
     except OSError as error:  # reading errors are WeightsFileErrors: this is the output
         raise OSError(f"{args.dst}: cannot write ({error})") from error

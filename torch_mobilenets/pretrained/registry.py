@@ -38,6 +38,8 @@ from ..models.official import (
     V2_SIZES,
     V3_MODELS,
     imagenet_choice,
+    v3_file_name,
+    v3_model_key,
 )
 from .transforms import KerasPreprocessing
 
@@ -350,8 +352,8 @@ def _v2(alpha: float, rows: int, top: bool) -> Checkpoint:
 
 
 def _v3(model_type: str, minimalistic: bool, alpha: float, top: bool) -> Checkpoint:
-    key = f"{model_type}{'_minimalistic' if minimalistic else ''}_224_{float(alpha)}_float"
-    file_name = f"weights_mobilenet_v3_{key}{'.h5' if top else '_no_top_v2.h5'}"
+    key = v3_model_key(model_type, minimalistic, alpha)
+    file_name = v3_file_name(model_type, minimalistic, alpha, top)
     return Checkpoint(
         f"mobilenet_v3_{model_type}",
         alpha,
