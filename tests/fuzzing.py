@@ -61,6 +61,12 @@ class Original:
         self.metadata = _complement(_raw_ranges(self.data), len(self.data))
         self.metadata_size = sum(end - start for start, end in self.metadata)
         self.starts = np.cumsum([0] + [end - start for start, end in self.metadata]).tolist()
+        # Where to flip bytes: mostly in the structure (headers, B-trees, zip records), where
+        # damage is most varied. Built once: hypothesis caches every strategy it is given, and
+        # a new one per example would grow that cache in a long run (the soak).
+        anywhere = st.integers(0, len(self.data) - 1)
+        in_metadata = st.integers(0, self.metadata_size - 1).map(self.metadata_offset)
+        self.flip_offsets = st.one_of(in_metadata, in_metadata, anywhere)
 
     def metadata_offset(self, i: int) -> int:
         """The i-th byte that is not tensor data (HDF5 headers, B-trees, heaps, zip records)."""
@@ -149,15 +155,8 @@ def assert_same_state(got, expected):
 # ------------------------------------------------------------------------------ byte level
 def flipped_bytes(originals, workdir, data):
     original = originals[data.draw(st.sampled_from(LAYOUTS), label="layout")]
-    # Mostly in the structure (headers, B-trees, zip records), where damage is most varied.
-    anywhere = st.integers(0, len(original.data) - 1)
-    in_metadata = st.integers(0, original.metadata_size - 1).map(original.metadata_offset)
     flips = data.draw(
-        st.lists(
-            st.tuples(st.one_of(in_metadata, in_metadata, anywhere), st.integers(1, 255)),
-            min_size=1,
-            max_size=6,
-        ),
+        st.lists(st.tuples(original.flip_offsets, st.integers(1, 255)), min_size=1, max_size=6),
         label="flips",
     )
     mutated = bytearray(original.data)
