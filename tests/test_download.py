@@ -19,7 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import keras_model, keras_reference
-from weights_server import WeightsServer, closed_port_url, self_signed_certificate
+from weights_server import (
+    WeightsServer,
+    closed_port_url,
+    partial_downloads,
+    self_signed_certificate,
+)
 
 import torch_mobilenets as tm
 from torch_mobilenets.pretrained import download, registry, transfer
@@ -442,14 +447,14 @@ def test_a_loader_killed_mid_download_leaves_a_clean_load(server, hub, keras_fil
         killed.stdin.write("go\n")
         killed.stdin.flush()
         assert server.first_block_sent.wait(timeout=120)
-        time.sleep(0.2)  # a few blocks into the .part file
+        assert partial_downloads(hub, TOFU.file_name)  # blocks in the .part file
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
     finally:
         killed.kill()
     assert killed.returncode == -signal.SIGKILL
     assert 0 < server.bytes_sent[path] < len(keras_file.read_bytes())
-    assert [p.name for p in hub.glob(f".{TOFU.file_name}.*.part")]  # what a hard kill leaves
+    assert list(hub.glob(f".{TOFU.file_name}.*.part"))  # what a hard kill leaves
     assert not (hub / TOFU.file_name).exists()
 
     server.delay = 0

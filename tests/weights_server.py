@@ -175,3 +175,16 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path] | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     return cert, key
+
+
+def partial_downloads(directory: Path, file_name: str, timeout: float = 60.0) -> list:
+    """The `.part` files of `file_name` in `directory` once one holds data (a download under way),
+    waiting at most `timeout` seconds; [] if none did by then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        parts = sorted(directory.glob(f".{file_name}.*.part")) if directory.is_dir() else []
+        if any(p.stat().st_size > 0 for p in parts if p.exists()):
+            return parts
+        if time.monotonic() > deadline:
+            return []
+        time.sleep(0.05)
