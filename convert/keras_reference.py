@@ -8,6 +8,7 @@ This module must not import torch: the test process imports torch (and torch._dy
 before TensorFlow, and keeps the two apart.
 """
 
+import collections
 import os
 import pathlib
 import re
@@ -254,6 +255,13 @@ def write_keras2_h5(model, path, family, *, chunk_layer_names=False):
     tf.keras <= 2.4) stored; Keras 3 with h5py 3 writes variable-length strings instead.
     """
     names = [keras2_layer_name(family, layer.name) for layer in model.layers]
+    _write_legacy_h5(path, list(zip(names, model.layers)), chunk_layer_names)
+
+
+def _write_legacy_h5(path, named_layers, chunk_layer_names=False):
+    """`named_layers`: (name in the file, Keras 3 layer, or None for a layer without weights
+    that tf.keras had and Keras 3 does not), in the file's order."""
+    names = [name for name, _ in named_layers]
     layer_names = np.array([n.encode("utf8") for n in names])
     limit = legacy_h5_format.HDF5_OBJECT_HEADER_LIMIT
     if chunk_layer_names:
@@ -264,14 +272,79 @@ def write_keras2_h5(model, path, family, *, chunk_layer_names=False):
         f.attrs["keras_version"] = np.bytes_(KERAS2_VERSION)
         # tf.keras created the groups sorted by name, so "Conv" exists before the nested
         # "Conv/BatchNorm" and "expanded_conv/depthwise" before ".../depthwise/pad".
-        for name, layer in sorted(zip(names, model.layers), key=lambda t: t[0]):
+        for name, layer in sorted(named_layers, key=lambda t: t[0]):
             g = f.create_group(name)
-            variables = legacy_h5_format._legacy_weights(layer)
+            variables = legacy_h5_format._legacy_weights(layer) if layer is not None else []
             wnames = [_keras2_weight_name(layer, name, v) for v in variables]
             # Unweighted layers get an empty float64 weight_names attr, as in Keras 2.
             _save_attr_chunked(g, "weight_names", np.array([w.encode("utf8") for w in wnames]))
             for wname, v in zip(wnames, variables):
                 g.create_dataset(wname, data=keras.ops.convert_to_numpy(v))
+
+
+# ------------------------------------------------- V3 no-top files from before October 2021
+# Until then tf.keras' mobilenet_v3.py applied Conv_2 and its activation to the
+# feature map before the top's pooling, in the model without the top too, so the published
+# `..._no_top.h5` files hold Conv_2; Keras then moved Conv_2 after the pooling, into the top, and
+# published `..._no_top_v2.h5`. Such a model's layers are those of today's model with the top
+# without the ones that came after Conv_2's activation there (Dropout, Logits, Flatten,
+# Predictions) and without the top's first, the pooling, whose place Conv_2 took.
+_V3_AFTER_CONV_2 = (keras.layers.Dropout, keras.layers.Flatten)
+
+
+def write_keras24_v3_no_top(model, path, family):
+    """A MobileNetV3 `_no_top.h5` as tf.keras 2.4 wrote the pre-October-2021 files, with the
+    weights of `model`, a Keras 3 V3 *with* its top: its layers but the top's pooling, dropout,
+    logits, flatten and predictions, in tf.keras 2.4's order and under its names
+    (`_keras24_names`)."""
+    kept = []
+    for layer in model.layers:
+        top_pooling = isinstance(layer, keras.layers.GlobalAveragePooling2D) and not (
+            layer.name.endswith("squeeze_excite_avg_pool")
+        )
+        if top_pooling or isinstance(layer, _V3_AFTER_CONV_2):
+            continue
+        if layer.name in ("logits", "predictions"):
+            continue
+        kept.append(layer)
+    _write_legacy_h5(path, _keras24_names(family, kept))
+
+
+def _keras24_names(family, layers):
+    """(tf.keras 2.4 name, layer) for the layers of a V3 model, with the layers tf.keras 2.4
+    built where Keras 3 builds fewer (None for those; none holds weights): its hard_swish was
+    `x + 3` (a TFOpLambda `tf.__operators__.add`), ReLU(6), `* (1/6)` (`tf.math.multiply`) and a
+    Multiply layer, where Keras 3 has one Activation; its hard_sigmoid the first three, where
+    Keras 3's ops leave only the ReLU(6) among the layers; and its squeeze-excite reshaped the
+    pooled vector (a Reshape) where Keras 3 pools with keepdims. Unnamed layers are numbered as
+    tf.keras did in a fresh session: `re_lu`, `re_lu_1`, ..."""
+    counts = collections.Counter()
+
+    def auto(kind):
+        counts[kind] += 1
+        return kind if counts[kind] == 1 else f"{kind}_{counts[kind] - 1}"
+
+    named = [("input_1", None)]
+    for layer in layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.layers.Rescaling):
+            named.append((auto("rescaling"), None))
+        elif isinstance(layer, keras.layers.Activation) and layer.name.startswith("activation"):
+            # hard_swish: x * hard_sigmoid(x)
+            named += [(auto(k), None) for k in ("tf.__operators__.add", "re_lu")]
+            named += [(auto(k), None) for k in ("tf.math.multiply", "multiply")]
+        elif isinstance(layer, keras.layers.ReLU) and layer.name.startswith("re_lu"):
+            if layer.max_value == 6.0:  # hard_sigmoid: relu6(x + 3) / 6
+                named += [(auto("tf.__operators__.add"), None), (auto("re_lu"), None)]
+                named.append((auto("tf.math.multiply"), None))
+            else:
+                named.append((auto("re_lu"), None))
+        else:
+            named.append((keras2_layer_name(family, layer.name), layer))
+            if layer.name.endswith("squeeze_excite_avg_pool"):
+                named.append((auto("reshape"), None))
+    return named
 
 
 def write_keras_file(model, directory, layout, *, chunk_layer_names=False, family=None):

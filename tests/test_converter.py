@@ -9,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import keras_model
+from helpers import keras_model, trained_like
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from torch_mobilenets import WeightsFileError, conversion
+from torch_mobilenets import WeightsFileError, conversion, keras_io
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)
@@ -200,3 +200,34 @@ def test_weights_load_into_any_input_construction(legacy_file):
     other pooling once the top is dropped, and into a static model of another size."""
     tm.MobileNetV2(weights=legacy_file, alpha=0.35, input_shape=(3, 131, 97))
     tm.MobileNetV2(weights=legacy_file, alpha=0.35, classifier_activation=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_save_as_float32_and_load_back_exactly(dtype, tmp_path):
+    def build():
+        return tm.MobileNetV3Small(weights=None, alpha=0.75)
+
+    model = trained_like(build()).to(dtype)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    path = tmp_path / "half.safetensors"
+    tm.save_checkpoint(model, path)
+    with safe_open(path, "pt") as f:  # float32 on disk, as every checkpoint here
+        names = f.keys()
+        assert {f.get_slice(name).get_dtype() for name in names} == {"F32", "I64"}
+    # Into a model of its own dtype: bit for bit, and so the same outputs.
+    again = tm.load_weights(build().to(dtype), path)
+    for key, value in state.items():
+        assert again.state_dict()[key].dtype == value.dtype, key
+        assert torch.equal(again.state_dict()[key], value), key
+    x = (torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 255).to(dtype)
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x), model.eval()(x))
+    # Into a float32 model (a builder's weights=): the exact widening.
+    wide = tm.MobileNetV3Small(weights=path, alpha=0.75)
+    for key, value in state.items():
+        expected = value.float() if value.is_floating_point() else value
+        assert torch.equal(wide.state_dict()[key], expected), key
+    # The way back to Keras writes float32 too.
+    back = tmp_path / "half.h5"
+    keras_io.safetensors_to_keras(path, back)
+    assert conversion.file_config(conversion.read(back))["alpha"] == 0.75

@@ -250,7 +250,15 @@ BAD_INPUTS = [
     ("truncated Keras 3", "weights_h5", _truncated, "unreadable or damaged file", {}),
     ("HDF5, no Keras layout", "keras2_h5", _no_layout, "not in any Keras layout", {}),
     ("a layer missing", "keras2_h5", _drop_layer, "fits the file's", {"family": "mobilenet_v2"}),
-    ("an extra layer", "keras2_h5", _extra_layer, "fits the file's", {}),
+    (
+        "an extra layer",
+        "keras2_h5",
+        _extra_layer,
+        "layer 'bn_Conv1' (BatchNormalization, shapes [(16,), (16,), (16,), (16,)]) has no "
+        "counterpart in mobilenet_v2 (alpha=0.35, include_top=True, classes=1000): the file "
+        "holds 1 more weighted layer after those that fit; pass skip_extra_layers=True",
+        {},
+    ),
     ("a wrong shape", "keras2_h5", _wrong_shape, "fits the file's", {"alpha": 0.35}),
     (
         "the wrong family",

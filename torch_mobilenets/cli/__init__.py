@@ -1,7 +1,8 @@
 """The command line: `torch-mobilenets` (or `python -m torch_mobilenets`) and its subcommands.
 
 Each subcommand module registers its arguments (`add_parser`) and the function that runs it;
-every error is one line on stderr with a documented exit code (`common`).
+every error is one line on stderr with a documented exit code (`common`). SIGTERM is turned into
+an exception while a command runs, so that it leaves no temporary file behind, as Ctrl-C.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from . import convert, parity, predict, weights
-from .common import Parser
+from .common import Parser, sigterm_as_exception, warnings_on_one_line
 
 SUBCOMMANDS = (convert, predict, weights, parity)
 
@@ -36,7 +37,8 @@ def main(argv: list | None = None, prog: str = "torch-mobilenets") -> int:
         command.add_parser(subcommands)
     args = parser.parse_args(argv)
     args.prog = f"{prog} {args.command}"
-    return args.run(args)
+    with sigterm_as_exception(), warnings_on_one_line(args.prog):
+        return args.run(args)
 
 
 def console() -> None:

@@ -4,8 +4,12 @@ a command so that any failure is one line on stderr (`--debug` for the traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable
+import threading
+import warnings
+from collections.abc import Callable, Iterator
 
 from ..keras_io.pairing import ARCHITECTURE_KEYS
 from ..models import FAMILIES
@@ -15,6 +19,34 @@ EXIT_INTERNAL = 1  # a bug: the one-line message asks for --debug
 EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_INTERRUPTED = 130  # as a shell reports SIGINT
+EXIT_TERMINATED = 143  # as a shell reports SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, as an exception (see `sigterm_as_exception`)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_exception() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated, so that the temporary files of atomic writes
+    and downloads are removed as on Ctrl-C: Python's default SIGTERM ends the process without
+    running any cleanup. Only where SIGTERM has its default action, in the main thread (a program
+    calling `main` keeps its own handler)."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def one_line(text) -> str:
@@ -37,6 +69,19 @@ def fail(args: argparse.Namespace, message, code: int) -> int:
     return code
 
 
+@contextlib.contextmanager
+def warnings_on_one_line(prog: str) -> Iterator[None]:
+    """Within the block, each warning is one line on stderr, `PROG: warning: ...`, like the
+    errors, instead of Python's two lines with the source line that warned."""
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"{prog}: warning: {one_line(message)}", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
 def run_guarded(
     args: argparse.Namespace,
     command: Callable[[argparse.Namespace], int],
@@ -46,13 +91,15 @@ def run_guarded(
 ) -> int:
     """`command(args)`, with each exception of a class in `expected` (class -> exit code, the
     first match wins) turned into one line on stderr and that code; anything else is an
-    internal error (exit code `internal`), and an interrupt exits 130 saying `interrupted`.
-    `--debug` re-raises instead."""
+    internal error (exit code `internal`), and an interrupt exits 130 (SIGINT) or 143 (SIGTERM)
+    saying `interrupted`. `--debug` re-raises instead."""
     try:
         return command(args)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as interruption:
         if args.debug:
             raise
+        if isinstance(interruption, Terminated):
+            return fail(args, f"{interrupted} (SIGTERM)", EXIT_TERMINATED)
         return fail(args, interrupted, EXIT_INTERRUPTED)
     except Exception as error:
         if args.debug:

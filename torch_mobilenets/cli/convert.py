@@ -20,7 +20,7 @@ from .common import (
 )
 
 EXIT_INCOMPLETE = 4  # --all-official: some checkpoints failed; the rest are done
-FLAGS = ("force", "allow_nonfinite")  # store_true options: False when not given
+FLAGS = ("force", "allow_nonfinite", "skip_extra_layers")  # store_true: False when not given
 # Options that shape one SRC -> DST conversion, refused with --all-official.
 CONVERSION_OPTIONS = (*ARCHITECTURE_OPTIONS, *FLAGS)
 
@@ -46,7 +46,7 @@ examples:
 exit codes: 0 done, 1 internal error (rerun with --debug), 2 usage (bad options, DST not
 .safetensors or a folder, an existing DST without --force), 3 input that cannot be read or
 does not fit, or an output folder that does not exist, 4 --all-official did not finish every
-checkpoint, 130 interrupted."""
+checkpoint, 130 interrupted (143 by SIGTERM)."""
 
 
 def add_parser(subcommands) -> None:
@@ -66,6 +66,14 @@ def add_parser(subcommands) -> None:
         action="store_true",
         dest="allow_nonfinite",
         help="convert weights holding NaN or infinities instead of refusing them",
+    )
+    parser.add_argument(
+        "--skip-extra-layers",
+        action="store_true",
+        dest="skip_extra_layers",
+        help="convert a legacy .h5 holding layers after those of the model it fits (a "
+        "MobileNetV3 _no_top.h5 from before October 2021 holds the top's Conv_2) without them, "
+        "naming them, instead of refusing it",
     )
     parser.add_argument(
         "--to",
@@ -167,7 +175,11 @@ def _convert(args: argparse.Namespace) -> int:
             print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}")
             return 0
         config = convert(
-            args.src, args.dst, allow_nonfinite=args.allow_nonfinite, **known_architecture(args)
+            args.src,
+            args.dst,
+            allow_nonfinite=args.allow_nonfinite,
+            skip_extra_layers=args.skip_extra_layers,
+            **known_architecture(args),
         )
     except OSError as error:  # reading errors are WeightsFileErrors: this is the output
         raise OSError(f"{args.dst}: cannot write ({error})") from error

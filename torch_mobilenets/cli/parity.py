@@ -67,7 +67,7 @@ Top-1 (top-5) agreement: the share of images whose best class (five best, in ord
 
 exit codes: 0 every output within --tol (relative), 1 some output outside it, 2 usage, 3 a file
 or image that cannot be read or does not fit, 4 Keras (or KerasCV, for a backbone) not
-installed, 5 internal error (rerun with --debug), 130 interrupted."""
+installed, 5 internal error (rerun with --debug), 130 interrupted (143 by SIGTERM)."""
 
 
 class KerasUnavailable(Exception):

@@ -28,7 +28,7 @@ EPILOG = """examples:
   torch-mobilenets predict cat.jpg --model mobilenet --weights fine_tuned.safetensors
 
 exit codes: 0 done, 1 internal error (rerun with --debug), 2 usage, 3 unreadable image or
-weights, 4 download failure, 130 interrupted."""
+weights, 4 download failure, 130 interrupted (143 by SIGTERM)."""
 
 
 def add_parser(subcommands) -> None:

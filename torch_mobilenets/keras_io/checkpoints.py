@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
@@ -42,41 +44,64 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
-def convert(src, dst, *, allow_nonfinite: bool = False, **known) -> dict:
+def convert(
+    src, dst, *, allow_nonfinite: bool = False, skip_extra_layers: bool = False, **known
+) -> dict:
     """Convert a Keras weights file to a safetensors checkpoint; returns its config.
 
     `known` fixes parts of the architecture (family, alpha, depth_multiplier, minimalistic,
     include_top, classes) where the file cannot tell them apart; the rest is inferred.
     A file that cannot be read or fits no model raises WeightsFileError (NaN or Inf too, unless
-    `allow_nonfinite`). The output is written atomically: on any error, an interrupt included,
-    nothing is left at `dst` (an existing `dst` is replaced only by a complete new file).
+    `allow_nonfinite`), and so does a legacy file holding layers after those of the model it
+    fits (a pre-2021 V3 `_no_top.h5`), unless `skip_extra_layers`: then they are left out, with
+    a warning naming them, and the checkpoint records their names. The output is written
+    atomically: on any error, an interrupt included, nothing is left at `dst` (an existing `dst`
+    is replaced only by a complete new file).
     """
     src, dst = Path(src), Path(dst)
     check_output_directory(dst)  # before the work, not after it
     keras_file = read(src, allow_nonfinite)
-    config = file_config(keras_file, **known)
-    state = keras_state_dict(keras_file, build(config, "meta"))
+    config = file_config(keras_file, skip_extra_layers, **known)
+    state, skipped = keras_state_dict(keras_file, build(config, "meta"), skip_extra_layers)
+    recorded = {
+        "config": config,
+        "source_file": src.name,
+        "source_sha256": sha256(keras_file.path),  # a preset folder: its weights file
+        "source_layout": keras_file.layout,
+        "converter_version": __version__,
+    }
+    if skipped:
+        recorded["skipped_layers"] = [layer.name for layer in skipped]
+        _warn_skipped(keras_file, config, skipped)
     # One metadata entry: safetensors writes its metadata map in no fixed order, and a
     # conversion should give the same bytes every time.
-    metadata = {
-        METADATA_KEY: json.dumps(
-            {
-                "config": config,
-                "source_file": src.name,
-                "source_sha256": sha256(keras_file.path),  # a preset folder: its weights file
-                "source_layout": keras_file.layout,
-                "converter_version": __version__,
-            },
-            sort_keys=True,
-        )
-    }
+    metadata = {METADATA_KEY: json.dumps(recorded, sort_keys=True)}
     atomic_write(dst, lambda tmp: save_file(state, tmp, metadata))
     return config
 
 
+def _warn_skipped(keras_file, config: dict, skipped: list) -> None:
+    """Warns, from the caller of the public function (two frames up), of the layers left out."""
+    warnings.warn(
+        f"{keras_file.path}: skipped {len(skipped)} layer{'s' if len(skipped) > 1 else ''} "
+        f"after the last one of {describe_config(config)}, as asked (skip_extra_layers): "
+        + ", ".join(layer.describe() for layer in skipped),
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 def save_checkpoint(model: KerasModel, path) -> None:
-    """The model's state dict as safetensors, with its config; written atomically."""
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    """The model's state dict as safetensors, with its config; written atomically.
+
+    Weights are written as float32 whatever the model's dtype, as every checkpoint here holds
+    them: float16 and bfloat16 widen to float32 exactly, so a half-precision model saved and
+    loaded back into a model of its dtype is the same bit for bit (`load_weights` casts to the
+    model's dtype)."""
+    state = {
+        k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in model.state_dict().items()
+    }
     metadata = {
         METADATA_KEY: json.dumps(
             {"config": _jsonable(model.config), "converter_version": __version__}, sort_keys=True
@@ -177,16 +202,24 @@ def _valid_config(config) -> bool:
 
 
 def load_weights(
-    model: KerasModel, path, assign: bool = False, allow_nonfinite: bool = False
+    model: KerasModel,
+    path,
+    assign: bool = False,
+    allow_nonfinite: bool = False,
+    skip_extra_layers: bool = False,
 ) -> KerasModel:
     """Load a Keras weights file (any layout) or a converted `.safetensors` into `model`.
 
     All-or-nothing: the file must fill every parameter and buffer with tensors of the right
     shapes and leave none of its own unused; otherwise a WeightsFileError is raised and the model
     is left untouched (the whole state is built and checked before anything is copied). NaN and
-    Inf are refused unless `allow_nonfinite`. `assign` (for a model on the CPU that nothing else
-    refers to yet, as in the builders) makes the loaded tensors the model's own instead of
-    copying them once more.
+    Inf are refused unless `allow_nonfinite`. A legacy file that holds layers after the model's
+    last one (a pre-2021 V3 `_no_top.h5`) is refused, saying what they are, unless
+    `skip_extra_layers`: then they are left out, with a warning naming them. The files hold
+    float32 weights; they are cast to
+    the model's dtype (float16, bfloat16, ...), which is the caller's choice. `assign` (for a
+    model on the CPU that nothing else refers to yet, as in the builders) makes the loaded
+    tensors the model's own instead of copying them once more, where the dtypes agree.
     """
     path = Path(path)
     if path.suffix == ".safetensors":
@@ -200,20 +233,24 @@ def load_weights(
     else:
         keras_file = read(path, allow_nonfinite)
         try:
-            state = keras_state_dict(keras_file, model)
+            state, skipped = keras_state_dict(keras_file, model, skip_extra_layers)
         except WeightsFileError as error:
             raise WeightsFileError(f"{error}{what_the_file_holds(keras_file, model)}") from None
+        if skipped:
+            _warn_skipped(keras_file, model.config, skipped)
         # Already matched layer by layer; checked again so that load_state_dict cannot fail
-        # half way (it copies what fits before it complains). The model's dtype is the user's.
-        _check_state(path, state, model, None, dtypes=False)
-    on_cpu = all(t.device.type in ("cpu", "meta") for t in model.state_dict().values())
-    model.load_state_dict(state, assign=assign and on_cpu)
+        # half way (it copies what fits before it complains).
+        _check_state(path, state, model, None)
+    own = model.state_dict()
+    # Assigned tensors would keep the file's dtype and device: only where both are the model's.
+    assign = assign and all(
+        t.device.type in ("cpu", "meta") and t.dtype == state[k].dtype for k, t in own.items()
+    )
+    model.load_state_dict(state, assign=assign)
     return model
 
 
-def _check_state(
-    path: Path, state: dict, model: KerasModel, config: dict | None, dtypes: bool = True
-) -> None:
+def _check_state(path: Path, state: dict, model: KerasModel, config: dict | None) -> None:
     expected = model.state_dict()
     hint = f" The file holds {describe_config(config)}." if config else ""
     missing = [k for k in expected if k not in state]
@@ -232,7 +269,8 @@ def _check_state(
                 f"{path}: layer {layer!r}: {key} has shape {tuple(tensor.shape)}, model "
                 f"{model.name!r} expects {tuple(expected[key].shape)}.{hint}"
             )
-        if dtypes and tensor.dtype != expected[key].dtype:
+        # Weights are cast to the model's float dtype; a count is no weight, nor the reverse.
+        if tensor.is_floating_point() != expected[key].is_floating_point():
             raise WeightsFileError(
                 f"{path}: layer {key.rsplit('.', 1)[0]!r}: {key} is {tensor.dtype}, model "
                 f"expects {expected[key].dtype}"

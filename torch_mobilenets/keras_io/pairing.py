@@ -9,12 +9,15 @@ so nothing is allocated) until one fits every tensor.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 from contextlib import nullcontext
 
 import torch
 
 from ..models import FAMILIES
+from ..models.official import V3_MODELS, v3_file_name
 from ..nn.graph import KerasModel
 from ..nn.layers import WEIGHTED_LAYERS
 from .reader import FileLayer, KerasFile, WeightsFileError, read_keras_file
@@ -35,6 +38,9 @@ ARCHITECTURE_KEYS = (
     "stackwise_se_ratio",
     "stackwise_activation",
 )
+# The most layers after a model's last one that `skip_extra_layers` skips: V3's top (conv_2 and
+# logits) is the most any official file holds beyond a model.
+MAX_EXTRA_LAYERS = 2
 # Widths tried when inferring alpha: the official ones first, then a fine grid.
 ALPHA_CANDIDATES = [1.0, 0.75, 0.5, 0.35, 0.25, 1.3, 1.4] + [
     round(0.05 * i, 2) for i in range(2, 61)
@@ -136,13 +142,102 @@ def _mismatch(file_layer: FileLayer, module) -> str | None:
     return None
 
 
-def keras_state_dict(keras_file: KerasFile, model: KerasModel) -> dict:
-    """The model's state dict, filled from the file; every tensor of both is used exactly once."""
+def keras_state_dict(
+    keras_file: KerasFile, model: KerasModel, skip_extra_layers: bool = False
+) -> tuple[dict, list]:
+    """The model's state dict, filled from the file, and the file's layers left out. Every
+    tensor of both is used exactly once, except, with `skip_extra_layers`, those of the layers a
+    legacy file holds after the model's last one (`extra_layers`). Without it such a file is
+    refused, saying what the layers are."""
+    skipped: list = []
+    try:
+        pairs = match_layers(keras_file, model)
+    except WeightsFileError:
+        skipped = extra_layers(keras_file, model)
+        if not skipped:
+            raise
+        if not skip_extra_layers:
+            message = extra_layers_message(keras_file, model.config, skipped)
+            raise WeightsFileError(message) from None
+        pairs = match_layers(_without_last(keras_file, len(skipped)), model)
     state = {}
-    for file_layer, name, module in match_layers(keras_file, model):
+    for file_layer, name, module in pairs:
         for key, tensor in module.from_keras(_arrays(file_layer, module)).items():
             state[f"{name}.{key}"] = tensor
-    return state
+    return state, skipped
+
+
+def extra_layers(keras_file: KerasFile, model: KerasModel) -> list:
+    """The layers a legacy file holds after those that pair with every one of `model`'s, when
+    that is all that keeps the two apart (at most MAX_EXTRA_LAYERS); else []. Only legacy files
+    order all their layers as the model does."""
+    count = len(keras_file.layers) - len(weighted_layers(model))
+    if not keras_file.ordered or not 0 < count <= MAX_EXTRA_LAYERS:
+        return []
+    try:
+        match_layers(_without_last(keras_file, count), model)
+    except WeightsFileError:
+        return []
+    return keras_file.layers[-count:]
+
+
+def _without_last(keras_file: KerasFile, count: int) -> KerasFile:
+    return dataclasses.replace(keras_file, layers=keras_file.layers[:-count])
+
+
+def extra_layers_message(keras_file: KerasFile, config: dict, extra: list) -> str:
+    """Why a file that holds `extra` layers after those of a `config` model is refused, and the
+    way out: most likely the top's layers, in a pre-2021 V3 `_no_top.h5` above all."""
+    layers = ", ".join(layer.describe() for layer in extra)
+    opt_in = (
+        "pass skip_extra_layers=True (load_weights, convert; --skip-extra-layers) to load it "
+        f"without {'them' if len(extra) > 1 else 'it'}"
+    )
+    top = _top_layers(config, extra)
+    if top == ["conv_2"] and config["family"].startswith("mobilenet_v3_"):
+        model_type = config["family"].removeprefix("mobilenet_v3_")
+        minimalistic, alpha = bool(config.get("minimalistic")), float(config["alpha"])
+        replacement = "the `_no_top_v2.h5` file of the same model"
+        if (model_type, minimalistic, alpha) in V3_MODELS:
+            replacement = v3_file_name(model_type, minimalistic, alpha, include_top=False)
+        return (
+            f"{keras_file.path}: a MobileNetV3 no-top file as Keras published them before "
+            f"October 2021 (`_no_top.h5`): after the layers of {describe_config(config)} it "
+            f"holds the top's layer {layers}. Keras now applies that layer after the pooling, "
+            "in the top, so models without the top lack it, and Keras republished these files "
+            f"without it: use {replacement} (what weights='imagenet' loads), or {opt_in}"
+        )
+    start = (
+        f"{keras_file.path}: layer{'s' if len(extra) > 1 else ''} {layers} "
+        f"{'have' if len(extra) > 1 else 'has'} no counterpart in {describe_config(config)}: "
+        f"the file holds {len(extra)} more weighted layer{'s' if len(extra) > 1 else ''} after "
+        "those that fit"
+    )
+    if top:
+        return (
+            f"{start}, shaped as the top's {top} (a file with the top?); build the model with "
+            f"include_top=True, or {opt_in}"
+        )
+    return f"{start}; {opt_in}"
+
+
+def _top_layers(config: dict, extra: list) -> list:
+    """The names of the top's first layers, if `extra` are shaped as they are in the same model
+    with its top; else []."""
+    if config.get("include_top") is not False:
+        return []
+    # The last layer's last array is a bias: for a classifier, one per class.
+    classes = extra[-1].arrays[-1].shape[-1]
+    body = dict(config, input_shape=None)
+    try:
+        without = weighted_layers(build(body, "meta"))
+        with_top = weighted_layers(build(dict(body, include_top=True, classes=classes), "meta"))
+    except (ValueError, TypeError):
+        return []
+    top = with_top[len(without) :][: len(extra)]
+    if len(top) == len(extra) and all(_mismatch(f, m) is None for f, (_, m) in zip(extra, top)):
+        return [name for name, _ in top]
+    return []
 
 
 def what_the_file_holds(keras_file: KerasFile, model: KerasModel) -> str:
@@ -183,17 +278,27 @@ def build(config: dict, device=None) -> KerasModel:
         return builder(**kwargs)
 
 
-def infer_config(keras_file: KerasFile, _quiet: bool = False, **known) -> dict:
+def infer_config(
+    keras_file: KerasFile, _quiet: bool = False, skip_extra_layers: bool = False, **known
+) -> dict:
     """The builder arguments under which the file's weights fit exactly: family, alpha,
     include_top, classes, and depth_multiplier / minimalistic where the family has them.
-    `known` fixes any of these instead of searching."""
-    for family in [known["family"]] if "family" in known else list(FAMILIES):
-        builder = FAMILIES[family]
-        params = inspect.signature(builder).parameters
-        for variant in _variants(builder, params, known):
-            config = _search_widths(keras_file, {"family": family, **variant}, params, known)
-            if config:
-                return config
+    `known` fixes any of these instead of searching. A legacy file that fits only without its
+    last layers (`extra_layers`) is refused, saying what they are, unless `skip_extra_layers`:
+    then the config is the one the rest fits."""
+    config = _search(keras_file, known)
+    if config:
+        return config
+    for count in range(1, MAX_EXTRA_LAYERS + 1) if keras_file.ordered else ():
+        config = _search(_without_last(keras_file, count), known)
+        if config and skip_extra_layers:
+            return config
+        if config and not _quiet:
+            raise WeightsFileError(
+                extra_layers_message(keras_file, config, keras_file.layers[-count:])
+            )
+        if config:
+            break
     if _quiet:
         raise WeightsFileError("")
     given = f" with {known}" if known else ""
@@ -202,6 +307,17 @@ def infer_config(keras_file: KerasFile, _quiet: bool = False, **known) -> dict:
         f"{len(keras_file.layers)} weighted layers; if it is a MobileNet with an unusual width, "
         "pass the architecture explicitly (family, alpha, depth multiplier, top, classes)"
     )
+
+
+def _search(keras_file: KerasFile, known: dict) -> dict | None:
+    for family in [known["family"]] if "family" in known else list(FAMILIES):
+        builder = FAMILIES[family]
+        params = inspect.signature(builder).parameters
+        for variant in _variants(builder, params, known):
+            config = _search_widths(keras_file, {"family": family, **variant}, params, known)
+            if config:
+                return config
+    return None
 
 
 def _choices(known: dict, key: str, default):
@@ -227,7 +343,7 @@ def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> di
     # At alpha 1 a wrong family or top fails on layer counts or classes already; only then is it
     # worth reading the classes and multiplier off the file and scanning the widths.
     probe = dict(base, alpha=known.get("alpha", 1.0))
-    model = build(probe, "meta")
+    model = _probe(_frozen(probe))
     if not _counts_fit(keras_file, model):
         return None
     pairs = _pair_positions(keras_file, model)
@@ -252,6 +368,17 @@ def _search_widths(keras_file: KerasFile, base: dict, params, known: dict) -> di
     return None
 
 
+def _frozen(config: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(config: tuple) -> KerasModel:
+    """The model a search starts from, on the meta device, built once: a search reads it, and
+    refusing a file goes through every family's."""
+    return build({k: list(v) if isinstance(v, tuple) else v for k, v in config}, "meta")
+
+
 def _counts_fit(keras_file: KerasFile, model: KerasModel) -> bool:
     targets = weighted_layers(model)
     return len(targets) == len(keras_file.layers) and all(
@@ -270,9 +397,10 @@ def _pair_positions(keras_file: KerasFile, model: KerasModel) -> dict:
     }
 
 
-def file_config(keras_file: KerasFile, **known) -> dict:
-    """The architecture of a Keras file, plus what its saved model config says of the input."""
-    config = infer_config(keras_file, **known)
+def file_config(keras_file: KerasFile, skip_extra_layers: bool = False, **known) -> dict:
+    """The architecture of a Keras file, plus what its saved model config says of the input.
+    `skip_extra_layers`: as in `infer_config`."""
+    config = infer_config(keras_file, skip_extra_layers=skip_extra_layers, **known)
     input_shape = _config_input_shape(keras_file.model_config)
     if input_shape is not None:
         config["input_shape"] = input_shape

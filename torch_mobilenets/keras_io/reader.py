@@ -476,8 +476,7 @@ class _HDF5Reader:
                 arrays.append(self.array(dataset, layer_name, weight_name))
             variables = [_relative_variable(w, layer_name) for w in weight_names]
             if any("/" in v for v in variables):  # a layer holding layers (KerasCV's SE)
-                class_group = re.sub(r"_\d+$", "", layer_name)
-                classes = frozenset(c for c in self.known_classes if snake_case(c) == class_group)
+                classes = frozenset(c for c in self.known_classes if _names_class(layer_name, c))
             else:
                 classes = _classes_from_variables(variables, arrays)
             layers.append(FileLayer(layer_name, classes, arrays, variables))
@@ -550,6 +549,16 @@ def _relative_variable(weight_name: str, layer_name: str) -> str:
     if weight_name.startswith(layer_name + "/"):
         return weight_name[len(layer_name) + 1 :]
     return weight_name.split("/")[-1]
+
+
+def _names_class(layer_name: str, keras_class: str) -> bool:
+    """Whether a legacy file's name for a layer holding layers says its class, the one thing
+    that does: Keras names such a layer after its class (`squeeze_and_excite2d_3`, as KerasCV
+    leaves it unnamed), and this package's writer `<block>_<class>`
+    (`expanded_conv_3_SqueezeAndExcite2D`)."""
+    return re.sub(r"_\d+$", "", layer_name) == snake_case(keras_class) or layer_name.endswith(
+        f"_{keras_class}"
+    )
 
 
 def _classes_from_variables(variables: list, arrays: list) -> frozenset:

@@ -31,6 +31,20 @@ DEFAULT_SIZE = 224
 OFFICIAL_SIZES = {"mobilenet": V1_SIZES, "mobilenet_v2": V2_SIZES}
 
 
+def v3_model_key(model_type: str, minimalistic: bool, alpha: float) -> str:
+    """`small_minimalistic_224_1.0_float`: Keras' name for a V3 checkpoint, in its file names
+    and its table of checksums."""
+    return f"{model_type}{'_minimalistic' if minimalistic else ''}_{V3_SIZE}_{float(alpha)}_float"
+
+
+def v3_file_name(model_type: str, minimalistic: bool, alpha: float, include_top: bool) -> str:
+    """The V3 file Keras loads: `weights_mobilenet_v3_<key>.h5`, without the top
+    `..._no_top_v2.h5`. Until October 2021 Keras applied the top's conv_2 before the pooling,
+    in the model without the top too, and its no-top files (`..._no_top.h5`) held conv_2."""
+    ending = ".h5" if include_top else "_no_top_v2.h5"
+    return f"weights_mobilenet_v3_{v3_model_key(model_type, minimalistic, alpha)}{ending}"
+
+
 def check_alpha(
     family: str, alpha: float, minimalistic: bool = False, depth_multiplier: int = 1
 ) -> None:

@@ -7,9 +7,17 @@ conversion is written atomically too. One lock file per checkpoint (an OS file l
 when its process dies) makes processes that load the same model at once wait for a single
 download instead of fetching or writing it twice.
 
-Files with no published checksum (most V2 files) are trusted on first use: the sha256 seen is
-recorded in `sha256_seen.json` in the cache directory, a warning says it was not verified, and
-later downloads into that directory must match it.
+The transfer follows `transfer`'s rules (size limit, stall rule, redirects); the size limit of a
+checkpoint is `size_limit`. Every failure is a DownloadError naming the URL and the offline
+alternative, and leaves no file behind: the cache holds nothing but lock files and the
+first-seen record afterwards. On an exception or KeyboardInterrupt the temporary files are
+removed at once; after a hard kill (SIGKILL, or SIGTERM without a handler, which ends Python
+without running cleanup code) the next load of that checkpoint removes them.
+
+Files with no published checksum (most V2 files) are trusted on first use: once the first
+download proves to be a Keras file of the checkpoint's architecture, its sha256 is recorded in
+`sha256_seen.json` in the cache directory, a warning says it was not verified, and later
+downloads into that directory must match it.
 """
 
 from __future__ import annotations
@@ -17,19 +25,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
-import http.client
 import json
 import os
 import sys
 import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 
-from .._version import __version__
-from ..keras_io import convert
+from ..keras_io import WeightsFileError, convert, file_config, read
 from ..keras_io.atomic import atomic_write_text
+from . import transfer
 from .registry import HASH_STATUS_NOTES, Checkpoint, imagenet_checkpoint
 
 try:
@@ -39,16 +44,19 @@ except ImportError:  # Windows
     import msvcrt
 
 SEEN_HASHES_FILE = "sha256_seen.json"
-# Seconds to wait for a connection or for the next block of data.
-TIMEOUT_S = 60
+# A download may be SIZE_MARGIN times the size its checkpoint's parameters give, never more than
+# MAX_DOWNLOAD_BYTES (the largest official file, V2 1.4 with its top, is about 25 MB).
+SIZE_MARGIN = 1.5
+MAX_DOWNLOAD_BYTES = 64 << 20
 # "0" turns progress bars off, "1" forces them on; by default they show on a terminal only.
 PROGRESS_ENV = "TORCH_MOBILENETS_PROGRESS"
 _progress_override: contextvars.ContextVar = contextvars.ContextVar("progress", default=None)
 
 
 class DownloadError(OSError):
-    """The official file could not be fetched (offline, HTTP error, cut-off transfer); the message
-    names the URL and how to use a local file instead."""
+    """The official file could not be fetched (offline, HTTP error, a cut-off, oversized or
+    stalled transfer, a refused redirect); the message names the URL and how to use a local file
+    instead."""
 
 
 class ChecksumError(DownloadError):
@@ -99,6 +107,7 @@ def converted_checkpoint(
     with _checkpoint_lock(keras_directory, checkpoint):
         if converted.exists():  # another process made it while we waited for the lock
             return converted
+        _remove_leftovers(directory, f".{converted.name}.*.tmp")
         keras_file = _fetch_verified(checkpoint, keras_directory, progress, stacklevel + 1)
         convert(keras_file, converted, **checkpoint.architecture())
     return converted
@@ -115,97 +124,94 @@ def download(
         return _fetch_verified(checkpoint, directory, progress, stacklevel + 1)
 
 
+def size_limit(checkpoint: Checkpoint) -> int:
+    """The most bytes a download of `checkpoint` may have: SIZE_MARGIN times the size its
+    parameters give, and never over MAX_DOWNLOAD_BYTES."""
+    return min(MAX_DOWNLOAD_BYTES, int(SIZE_MARGIN * checkpoint.expected_bytes))
+
+
 # ------------------------------------------------------------------------------ under the lock
+def _remove_leftovers(directory: Path, pattern: str) -> None:
+    """Temporary files a killed process left (a hard kill runs no cleanup). Called under the
+    checkpoint's lock, so no live process is writing them."""
+    for stale in directory.glob(pattern):
+        stale.unlink(missing_ok=True)
+
+
 def _fetch_verified(
     checkpoint: Checkpoint, directory: Path, progress: bool | None, stacklevel: int
 ) -> Path:
     target = directory / checkpoint.file_name
-    # We hold the lock, so any partial download left here is from a process that died.
-    for stale in directory.glob(f".{checkpoint.file_name}.*.part"):
-        stale.unlink()
+    _remove_leftovers(directory, f".{checkpoint.file_name}.*.part")
     if target.exists():
         try:
-            _verify(checkpoint, _digests_of(target), directory, str(target), stacklevel + 1)
+            _accept(checkpoint, target, directory, str(target), stacklevel + 1)
             return target
         except ChecksumError as error:
             target.unlink()
             warnings.warn(f"{error} Downloading it again.", UserWarning, stacklevel=stacklevel + 1)
-    fd, part = tempfile.mkstemp(prefix=f".{checkpoint.file_name}.", suffix=".part", dir=directory)
-    os.close(fd)
+    part = _http_get(checkpoint, directory, progress)
     try:
-        digests = _http_get(checkpoint, Path(part), directory, progress)
-        _verify(checkpoint, digests, directory, checkpoint.url, stacklevel + 1)
+        _accept(checkpoint, part, directory, checkpoint.url, stacklevel + 1)
         os.replace(part, target)
     except BaseException:
-        Path(part).unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
         raise
     return target
 
 
-def _http_get(checkpoint: Checkpoint, part: Path, directory: Path, progress: bool | None) -> dict:
-    """Stream the file into `part`; returns its md5 and sha256. Raises DownloadError with the URL
-    and the offline alternative on any failure, a short transfer included."""
-    url = checkpoint.url
-    request = urllib.request.Request(url, headers={"User-Agent": f"torch-mobilenets/{__version__}"})
+def _http_get(checkpoint: Checkpoint, directory: Path, progress: bool | None) -> Path:
+    """The file, streamed into a new `.part` file in `directory` under the download rules
+    (`transfer`); DownloadError with the URL and the offline alternative on any failure, and
+    then no `.part` is left."""
+    limit = size_limit(checkpoint)
+    part = None
     try:
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as error:
-        raise DownloadError(
-            _failure(checkpoint, directory, f"HTTP {error.code} {error.reason}")
-        ) from None
-    except (urllib.error.URLError, OSError) as error:  # refused, no route, no DNS, timeout
-        raise DownloadError(
-            _failure(checkpoint, directory, getattr(error, "reason", error))
-        ) from None
-    md5, sha256 = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    received = 0
-    with response, open(part, "wb") as out:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        with _progress_bar(checkpoint, total, directory, progress) as bar:
-            while True:
-                try:
-                    block = response.read(1 << 16)
-                except (OSError, http.client.HTTPException) as error:
-                    raise DownloadError(
-                        _failure(
-                            checkpoint,
-                            directory,
-                            f"the transfer broke off after {received} bytes "
-                            f"({error!r}); nothing was kept",
-                        )
-                    ) from None
-                if not block:
-                    break
-                out.write(block)
-                md5.update(block)
-                sha256.update(block)
-                received += len(block)
-                bar.update(len(block))
-    # http.client ends a body cut short by the server as if it were complete.
-    if total is not None and received != total:
-        raise DownloadError(
-            _failure(
-                checkpoint,
-                directory,
-                f"the transfer ended after {received} of {total} bytes; nothing was kept",
+        with transfer.get(checkpoint.url, limit) as response:
+            # Created only once the headers passed: a refused response writes nothing.
+            fd, name = tempfile.mkstemp(
+                prefix=f".{checkpoint.file_name}.", suffix=".part", dir=directory
             )
-        )
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+            part = Path(name)
+            with (
+                os.fdopen(fd, "wb") as out,
+                _progress_bar(checkpoint, response.length, directory, progress) as bar,
+            ):
+                for block in response.blocks():
+                    out.write(block)
+                    bar.update(len(block))
+    except BaseException as error:
+        if part is not None:
+            part.unlink(missing_ok=True)
+        if isinstance(error, transfer.TransferError):
+            reason = f"{error}; nothing was kept"
+            if isinstance(error, transfer.TooLarge):
+                reason += (
+                    f" (an official {checkpoint.name} file is about "
+                    f"{checkpoint.expected_bytes} bytes: its {checkpoint.parameters:,} "
+                    "parameters as float32, and HDF5's overhead)"
+                )
+            raise DownloadError(_failure(checkpoint, directory, reason)) from None
+        raise
+    return part
 
 
 def _failure(checkpoint: Checkpoint, directory: Path, reason) -> str:
     return (
         f"Could not download the official weights {checkpoint.url}: {reason}. If this "
         f"machine cannot fetch it, get that file elsewhere and pass its path instead, "
-        f"weights='/path/to/{checkpoint.file_name}' (or its `python -m convert` output), "
-        f"or put it at {directory / checkpoint.file_name}."
+        f"weights='/path/to/{checkpoint.file_name}' (or its `torch-mobilenets convert` "
+        f"output), or put it at {directory / checkpoint.file_name}."
     )
 
 
-def _verify(
-    checkpoint: Checkpoint, digests: dict, directory: Path, where: str, stacklevel: int
-) -> None:
+def _accept(checkpoint: Checkpoint, path: Path, directory: Path, where: str, stacklevel: int):
+    """Raises ChecksumError unless `path` is `checkpoint`'s file: it has the published
+    checksum, or, for files Keras publishes none for, the sha256 recorded when the file was first
+    downloaded into `directory`. A file seen for the first time must read as a Keras file of the
+    checkpoint's architecture before its sha256 is recorded (trust on first use), with a warning
+    that it was not verified."""
+    digests = _digests_of(path)
     if checkpoint.hash_algorithm:
         expected, got = checkpoint.file_hash, digests[checkpoint.hash_algorithm]
         if got != expected:
@@ -216,36 +222,51 @@ def _verify(
                 f"pass weights='/path/to/{checkpoint.file_name}'."
             )
         return
-    # Trust on first use: nothing published to check against.
     seen = digests["sha256"]
-    recorded = _record_first_seen(directory, checkpoint.file_name, seen)
-    if recorded is None:
-        warnings.warn(
-            f"{checkpoint.file_name} was NOT verified: Keras publishes no checksum for it. Its "
-            f"sha256 {seen} is now recorded in {directory / SEEN_HASHES_FILE}, and later "
-            "downloads must match it (trust on first use).",
-            UserWarning,
-            stacklevel=stacklevel + 1,
-        )
-    elif recorded != seen:
+    with _file_lock(directory / f"{SEEN_HASHES_FILE}.lock"):
+        recorded = _seen_hashes(directory).get(checkpoint.file_name)
+    if recorded is not None and recorded != seen:
         raise ChecksumError(
             f"{where}: sha256 {seen} differs from {recorded}, recorded when "
             f"{checkpoint.file_name} was first downloaded into {directory} (trust on first use), "
             f"so the file was discarded. If the official file has really changed, delete its "
             f"entry in {directory / SEEN_HASHES_FILE}."
         )
+    if recorded is not None:
+        return
+    # Nothing to check the bytes against, so at least they must be what they claim to be: a
+    # first download that is not becomes no reference for later ones.
+    try:
+        file_config(read(path), **checkpoint.architecture())
+    except WeightsFileError as error:
+        detail = str(error).removeprefix(f"{path}: ")
+        raise ChecksumError(
+            f"{where}: not a Keras weights file of {checkpoint.name} ({detail}), so the file "
+            "was discarded."
+        ) from None
+    _record_first_seen(directory, checkpoint.file_name, seen)
+    warnings.warn(
+        f"{checkpoint.file_name} was NOT verified: Keras publishes no checksum for it. Its "
+        f"sha256 {seen} is now recorded in {directory / SEEN_HASHES_FILE}, and later "
+        "downloads must match it (trust on first use).",
+        UserWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
-def _record_first_seen(directory: Path, file_name: str, sha256: str) -> str | None:
-    """The sha256 recorded for `file_name`; records `sha256` and returns None if there was none."""
+def _seen_hashes(directory: Path) -> dict:
     record = directory / SEEN_HASHES_FILE
+    return json.loads(record.read_text()) if record.exists() else {}
+
+
+def _record_first_seen(directory: Path, file_name: str, sha256: str) -> None:
+    """Adds `file_name`'s sha256 to the record, atomically (other files' entries may be
+    recorded by other processes at the same time)."""
     with _file_lock(directory / f"{SEEN_HASHES_FILE}.lock"):
-        seen = json.loads(record.read_text()) if record.exists() else {}
-        if file_name in seen:
-            return seen[file_name]
+        _remove_leftovers(directory, f".{SEEN_HASHES_FILE}.*.tmp")
+        seen = _seen_hashes(directory)
         seen[file_name] = sha256
-        atomic_write_text(record, json.dumps(seen, indent=1, sort_keys=True))
-    return None
+        atomic_write_text(directory / SEEN_HASHES_FILE, json.dumps(seen, indent=1, sort_keys=True))
 
 
 def _digests_of(path: Path) -> dict:

@@ -38,10 +38,16 @@ from ..models.official import (
     V2_SIZES,
     V3_MODELS,
     imagenet_choice,
+    v3_file_name,
+    v3_model_key,
 )
 from .transforms import KerasPreprocessing
 
 BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+# What an official file holds besides its float32 weights (HDF5 headers, B-trees, names), with
+# room to spare: the most measured is 1.2 MB, in V1 0.25 without the top (2,108,140 bytes for
+# 874,176 bytes of weights; Keras 2.0.4). V2 and V3 files carry 0.4 to 0.7 MB.
+HDF5_OVERHEAD_BYTES = 2 << 20
 # Another location for the same tree of files (a mirror, or a local server in tests).
 BASE_URL_ENV = "TORCH_MOBILENETS_WEIGHTS_URL"
 
@@ -277,6 +283,12 @@ class Checkpoint:
         """The exact parameter count, as Keras' `count_params()` (BatchNorm statistics included)."""
         return _count_parameters(tuple(sorted(self.architecture().items())))
 
+    @property
+    def expected_bytes(self) -> int:
+        """The file's size at most, as its parameters give it: 4 bytes each (float32) plus
+        HDF5_OVERHEAD_BYTES. The size limit of its download is a margin over this."""
+        return 4 * self.parameters + HDF5_OVERHEAD_BYTES
+
     def transforms(self) -> KerasPreprocessing:
         """The preprocessing preset: a PIL image or uint8 tensor to this model's input, as Keras'
         `load_img(target_size=...)` + `preprocess_input` do."""
@@ -340,8 +352,8 @@ def _v2(alpha: float, rows: int, top: bool) -> Checkpoint:
 
 
 def _v3(model_type: str, minimalistic: bool, alpha: float, top: bool) -> Checkpoint:
-    key = f"{model_type}{'_minimalistic' if minimalistic else ''}_224_{float(alpha)}_float"
-    file_name = f"weights_mobilenet_v3_{key}{'.h5' if top else '_no_top_v2.h5'}"
+    key = v3_model_key(model_type, minimalistic, alpha)
+    file_name = v3_file_name(model_type, minimalistic, alpha, top)
     return Checkpoint(
         f"mobilenet_v3_{model_type}",
         alpha,
