@@ -7,6 +7,11 @@ The whole matrix takes about an hour on two cores (`make test-export`); the defa
 slice of it (two to three minutes): every path for MobileNetV3Large at 224x224, and the
 TorchScript-based ONNX exporter into both runtimes for every model at the dynamic default."""
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from helpers import trained_like
@@ -63,7 +68,9 @@ def workdir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model_name,size,path_name", MATRIX)
-def test_deployment_path_computes_what_eager_computes(model_name, size, path_name, workdir):
+def test_deployment_path_computes_what_eager_computes(
+    model_name, size, path_name, workdir, record_property
+):
     path = deploy.PATHS[path_name]
     for module in path.requires:
         pytest.importorskip(module)
@@ -79,6 +86,7 @@ def test_deployment_path_computes_what_eager_computes(model_name, size, path_nam
         got = runner(x)
         assert got.shape == expected.shape
         error = deploy.relative_error(got, expected)
+        record_property(f"relative error at {n}x{height}x{width}", f"{error:.2g}")  # --junitxml
         assert error <= TOLERANCE, (
             f"{path_name} at {(n, height, width)}: relative error {error:.2g}"
         )
@@ -106,6 +114,35 @@ def test_a_captured_graph_pads_activations_and_never_a_weight():
     assert len(pads) == sum(
         1 for layer in model.modules() if isinstance(layer, Conv2d) and layer.stride == (2, 2)
     )
+
+
+def test_the_deploy_benchmark_writes_its_table(tmp_path):
+    """benchmarks/deploy.py end to end on a cheap path, in its own process (it pins the
+    process to its cores); the speed comes from its real runs."""
+    out = tmp_path / "deploy.md"
+    paths = ["onnx-torchscript-onnxruntime"]
+    argv = ["--models", "mobilenet_v3_small", "--paths", *paths, "--calls", "4", "--warmup", "1"]
+    script = Path(deploy.__file__)
+    subprocess.run(
+        [sys.executable, str(script), *argv, "--out", str(out)],
+        cwd=script.parents[1],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    text = out.read_text()
+    assert "torch 2." in text and "onnxruntime " in text and "load average" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0] == "| path | mobilenet_v3_small |"
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        f"| {deploy.TITLES[name]}" for name in ["eager", *paths]
+    ]
+    for row in rows[1:]:
+        cell = row.split(" | ")[1].rstrip(" |")
+        ms, ratio = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", cell).groups()
+        assert float(ms) > 0 and float(ratio) > 0
+    worst = re.search(r"worst relative error against eager ([\d.e+-]+)\.", text)[1]
+    assert float(worst) <= TOLERANCE
 
 
 FAMILIES = [
