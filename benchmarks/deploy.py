@@ -154,8 +154,11 @@ def onnxruntime_runner(path: Path, threads: int) -> Runner:
 def openvino_runner(path: Path, threads: int) -> Runner:
     import openvino
 
+    # float32: on CPUs with AMX OpenVINO's default is bfloat16. No pinning: OpenVINO would pin
+    # its threads to cores, and PyTorch's threads in the same process then crawl (100x).
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
     compiled = openvino.Core().compile_model(
-        str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+        str(path), "CPU", {**config, "ENABLE_CPU_PINNING": False}
     )
     return lambda x: torch.from_numpy(compiled(x.numpy())[0])
 

@@ -183,7 +183,7 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         a Pad of a weight, which exporters and runtimes mishandle (the TorchScript ONNX
         exporter cannot size the kernel; ONNX Runtime's constant folding breaks the graph on
         the large ones that the dynamo exporter leaves unfolded), while Pad then Conv is a
-        pair that ONNX Runtime, OpenVINO and XNNPACK fuse into one convolution. Symmetric
+        pair that the dynamo exporter and OpenVINO merge into one convolution. Symmetric
         pads go into the conv, but only when they are plain ints: symbolic sizes (a dynamic
         torch.export) and traced ones (torch.jit.trace records them as tensors) are never
         compared, so the graph computes the pads from each input's size, whatever its
