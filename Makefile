@@ -11,7 +11,7 @@ CORE_VENV := .venv-core
 CORE_STAMP := $(CORE_VENV)/.installed
 LINTED := torch_mobilenets convert tests benchmarks examples hubconf.py
 
-.PHONY: demo test test-full test-soak test-core lint clean
+.PHONY: demo test test-full test-soak test-export test-core lint clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,15 @@ test: $(STAMP)
 
 # Every official (alpha, rows) combination of V1, V2 and V3, with and without the top.
 test-full: $(STAMP)
-	$(PY) -m pytest -m "not soak"
+	$(PY) -m pytest -m "not soak and not export"
 
 # 500 fuzzed and 200 good files converted in one process; fds and memory must stay bounded.
 test-soak: $(STAMP)
 	$(PY) -m pytest -m soak tests/test_soak.py
+
+# Every deployment path for every model at 224, 225 and the dynamic default (about an hour).
+test-export: $(STAMP)
+	$(PY) -m pytest tests/test_export.py -m "export or not export"
 
 # The tests that need no Keras, in a venv without Keras or TensorFlow.
 test-core: $(CORE_STAMP)

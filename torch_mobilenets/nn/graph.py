@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .layers import SHARES_INPUT, ZeroPadding2D
+from .layers import SHARES_INPUT, ZeroPadding2D, capturing_graph
 
 
 class KerasTensor(NamedTuple):
@@ -207,7 +207,7 @@ class KerasModel(nn.Module):
         if keep not in self._plan:
             self._plan[keep] = _plan(self, keep)
         # Rewrites that autograd or a tracer could not follow are made only in eager mode:
-        eager = not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+        eager = not capturing_graph()
         # in-place layer calls, also only without gradients;
         overwrite = eager and not torch.is_grad_enabled()
         # and on the CPU, running the graph channels-last: oneDNN convolutions then neither

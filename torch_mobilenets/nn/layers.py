@@ -66,6 +66,12 @@ def correct_pad(shape: Shape, kernel: int) -> tuple[tuple[int, int], tuple[int, 
     return (half - adjust[0], half), (half - adjust[1], half)
 
 
+def capturing_graph() -> bool:
+    """Whether this call is being recorded into a graph (torch.jit.trace, torch.compile,
+    torch.export and the ONNX exporters built on them) rather than run eagerly."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def _spatial(size: int | None, fn: Callable[[int], int]) -> int | None:
     return None if size is None else fn(size)
 
@@ -161,15 +167,31 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
     def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
         """`pad`, ((top, bottom), (left, right)), is a preceding ZeroPadding2D folded in (see
         `forward_padded`)."""
-        if pad is not None:
-            return self.forward_padded(x, pad)
-        if not self._dynamic_same:
-            return self._conv_forward(x, self.weight, self.bias)
-        (top, bottom), (left, right) = pad = self.same_padding(x)
-        # Eager: pad inside the conv, without a padded copy of `x` (see `forward_padded`).
-        # Traced with dynamic sizes, that would specialise the graph to the sizes' parity.
-        if not torch.compiler.is_compiling():
-            return self.forward_padded(x, pad)
+        if pad is None:
+            if not self._dynamic_same:
+                return self._conv_forward(x, self.weight, self.bias)
+            pad = self.same_padding(x)
+        # Eager: the padding folded into a grown kernel, no padded copy of `x`. A graph being
+        # captured gets Keras' own two ops instead (see `forward_explicitly_padded`).
+        if capturing_graph():
+            return self.forward_explicitly_padded(x, pad)
+        return self.forward_padded(x, pad)
+
+    def forward_explicitly_padded(self, x: torch.Tensor, pad) -> torch.Tensor:
+        """This conv after ZeroPadding2D(pad) as Keras computes it: a Pad of `x`, then the conv
+        with the model's own kernel. Captured graphs get this, because there a grown kernel is
+        a Pad of a weight, which exporters and runtimes mishandle (the TorchScript ONNX
+        exporter cannot size the kernel; ONNX Runtime's constant folding breaks the graph on
+        the large ones that the dynamo exporter leaves unfolded), while Pad then Conv is a
+        pair that the dynamo exporter and OpenVINO merge into one convolution. Symmetric
+        pads go into the conv, but only when they are plain ints: symbolic sizes (a dynamic
+        torch.export) and traced ones (torch.jit.trace records them as tensors) are never
+        compared, so the graph computes the pads from each input's size, whatever its
+        parity."""
+        (top, bottom), (left, right) = pad
+        plain = all(type(p) is int for p in (top, bottom, left, right))
+        if plain and top == bottom and left == right:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
         x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
