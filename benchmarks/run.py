@@ -1,19 +1,41 @@
-"""Inference speed against the peers, in one process, interleaved, with ratios.
+"""Inference and training speed against the peers, with ratios, and the machine's limit.
 
-    python benchmarks/run.py [--threads 2] [--batches 1 8 32] [--rounds 5] [--out FILE.md]
+    python benchmarks/run.py [--threads 2] [--batches 1 8 32] [--rounds 5] [--train-batch 16]
+                             [--no-compile-cpu] [--no-keras-torch] [--no-training] [--out FILE.md]
 
 CPU, for each family and batch size: our eager model (as a user calls it: NCHW input), our
 `optimize_for_inference` copy (channels-last input), torchvision's eager model of the family
-(V2, V3 Large/Small), timm's nearest model, and Keras on TensorFlow (`tf.function`).
+(V2, V3 Large/Small), timm's nearest model and Keras on TensorFlow (`tf.function`); then our
+eager model exported by `torch.onnx.export(dynamo=True)` at the batch's static shape, run by ONNX
+Runtime and by OpenVINO (benchmarks/deploy.py's runners: ONNX Runtime without spinning threads,
+OpenVINO in float32 and unpinned); our eager model `torch.compile`d with Inductor's freezing,
+which folds the weights into the graph as constants (switched on around the compile only, see
+compiled_with_freezing; `--no-compile-cpu` leaves it out: each compile takes tens of seconds);
+and Keras on its PyTorch backend (`--no-keras-torch` leaves it out).
 
-How it is fair: the process is pinned to `--threads` cores and both frameworks use that many
-threads. Within a round the PyTorch contenders take turns call by call, so a machine that slows
-down slows them alike, and "eager / torchvision" is the median of those paired ratios; Keras runs
-in its own block of the round, after a pause, because each framework's thread pool spins for a
-while after work and would steal the cores from the other. Each cell is the median over all
-timed calls. Our model and Keras carry the same seeded, calibrated weights; the peers carry their
-own random init with BatchNorm statistics calibrated the same way, and denormals are flushed, so
-nobody is timed on subnormal arithmetic or on activations that blow up.
+How it is fair: the process is pinned to `--threads` cores and every framework uses that many
+threads. Within a round the PyTorch contenders (the compiled model too) take turns call by
+call, so a machine that slows down slows them alike, and "eager / torchvision" is the median of
+those paired ratios. Keras on TensorFlow, ONNX Runtime and OpenVINO each run in their own block
+of the round, after a pause, because a framework's thread pool spins for a while after work and
+would steal the cores from the next one; "keras / optimized" and "optimized / onnxruntime" are
+ratios of medians. Keras fixes its backend once per process, so Keras on PyTorch runs in a
+process of its own (pinned to the same cores, as many threads, inference mode), once per family
+and batch after that batch's rounds: it cannot take turns with the others, and load that comes
+and goes on the machine shows in its column alone. Each cell is the median over all timed calls.
+Our model, its optimized copy, its export, its compiled form and both Kerases carry the same
+seeded, calibrated weights, and each one's output is checked against our eager output (the run
+stops where one is off by more than 1e-4); the peers carry their own random init with BatchNorm
+statistics calibrated the same way, and denormals are flushed, so nobody is timed on subnormal
+arithmetic or on activations that blow up.
+
+Training (`--train-batch`, `--no-training`): one SGD step (cross-entropy, backward, update) of
+our V2, V3 Large and V3 Small against torchvision's, both in train mode, the two taking turns
+step by step with the order alternating; "ours / torchvision" is the median of the paired ratios.
+
+The physical limit: multiply-accumulates per image (every convolution and linear layer of our
+model at 224x224), the time they take at the nominal fp32 peak of `--threads` cores, and the
+fraction of that peak our `optimize_for_inference` copy reaches at the largest batch timed.
 
 With a CUDA device (or `--accelerator DEVICE`), also images per second at a large batch in
 float32, float16 and bfloat16, channels-last and `torch.compile`d, ours against torchvision.
@@ -28,17 +50,24 @@ longer than the arithmetic.
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.metadata
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch._dynamo
+from torch import nn
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +90,15 @@ EAGER, OPTIMIZED, TORCHVISION, TIMM, KERAS = (
     "timm",
     "keras",
 )
+COMPILED, ONNXRUNTIME, OPENVINO, KERAS_TORCH = (
+    "compiled (freezing)",
+    "onnxruntime",
+    "openvino",
+    "keras (torch backend)",
+)
+# max |difference| / max(1, max |ours eager|), the parity tests' measure and tolerance: past it a
+# contender computes something else, and its time means nothing.
+TOLERANCE = 1e-4
 
 
 def calibrate(model: torch.nn.Module, size: int = 224) -> torch.nn.Module:
@@ -76,55 +114,122 @@ def calibrate(model: torch.nn.Module, size: int = 224) -> torch.nn.Module:
     return model.eval()
 
 
-def contenders(family, batch, workdir):
-    """(PyTorch contenders, Keras contender, the optimized model's error): zero-argument
-    callables, each running one batch."""
+def our_model(family, weights=None):
+    """Our model of `family` as the benchmark times it: logits, V1 and V2 built for 224x224
+    (static, as in Keras), V3 for any size."""
+    import torch_mobilenets as tm
+
+    keras_kwargs = FAMILIES[family][0]
+    return tm.FAMILIES[family](
+        weights=weights,
+        classifier_activation=None,
+        **({"input_shape": (3, 224, 224)} if keras_kwargs else {}),
+    )
+
+
+def model_input(family, batch):
+    """Pixels in [0, 255], preprocessed where the family's model does not do it itself (V1 and
+    V2 take [-1, 1])."""
+    import torch_mobilenets as tm
+
+    pixels = torch.rand(batch, 3, 224, 224) * 255
+    if family in ("mobilenet", "mobilenet_v2"):
+        return tm.mobilenet_v2.preprocess_input(pixels)
+    return pixels
+
+
+def checked(name, got, reference):
+    """The relative error of `got` against our eager output; raises past TOLERANCE."""
+    from benchmarks import deploy  # here, not above: deploy.py imports this module
+
+    error = deploy.relative_error(got, reference)
+    if error > TOLERANCE:
+        raise RuntimeError(f"{name}: relative error {error:.1e} against ours eager")
+    return error
+
+
+def compiled_with_freezing(model, example):
+    """`torch.compile(model)` with Inductor's freezing, compiled by two calls on `example`.
+
+    Freezing is read when Inductor compiles, at the first call, so the patch covers the first
+    calls; `options={"freezing": True}` would not do (torch 2.14 compiles the graph unfrozen
+    with it). Later calls on a tensor of the same shape, in inference mode as here, pass
+    Dynamo's guards and never recompile, so the frozen graph is the one timed."""
+    compiled = torch.compile(model)
+    with torch._inductor.config.patch(freezing=True), torch.inference_mode():
+        compiled(example), compiled(example)
+    return compiled
+
+
+class Contenders(NamedTuple):
+    paired: dict[str, Callable[[], object]]  # PyTorch's, taking turns call by call
+    blocks: dict[str, Callable[[], object]]  # the other runtimes', each in its own block
+    errors: dict[str, float]  # against our eager output
+    weights: Path  # the Keras file our model's weights come from, for Keras on PyTorch too
+    keras_input: np.ndarray  # NHWC
+    reference: torch.Tensor  # our eager output
+
+
+def contenders(family, batch, workdir, threads, compile_cpu):
+    """Zero-argument callables, each running one batch, and what they are checked against."""
     import tensorflow as tf
     import timm
     import torchvision
 
     import torch_mobilenets as tm
+    from benchmarks import deploy  # here, not above: deploy.py imports this module
     from convert import keras_reference as kr
 
     keras_kwargs, torchvision_name, timm_name = FAMILIES[family]
     keras_model = kr.build_keras(family, classifier_activation=None, **keras_kwargs)
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
-    ours = tm.FAMILIES[family](
-        weights=weights,
-        classifier_activation=None,
-        **({"input_shape": (3, 224, 224)} if keras_kwargs else {}),
-    ).eval()
-    fast = tm.optimize_for_inference(ours)
+    eager = our_model(family, weights).eval()
+    fast = tm.optimize_for_inference(eager)
 
-    pixels = torch.rand(batch, 3, 224, 224) * 255
-    x = (
-        tm.mobilenet_v2.preprocess_input(pixels)
-        if family in ("mobilenet", "mobilenet_v2")
-        else pixels
-    )
+    x = model_input(family, batch)
     x_last = x.contiguous(memory_format=torch.channels_last)
-    x_keras = tf.constant(x.permute(0, 2, 3, 1).numpy())
+    keras_input = x.permute(0, 2, 3, 1).numpy()
+    x_keras = tf.constant(keras_input)
     keras_call = tf.function(lambda t: keras_model(t, training=False))
 
     with torch.inference_mode():
-        reference = ours(x)
-        error = (fast(x_last) - reference).abs().max().item() / reference.abs().max().item()
-    runs = {EAGER: lambda: ours(x), OPTIMIZED: lambda: fast(x_last)}
+        reference = eager(x)
+        errors = {OPTIMIZED: checked(OPTIMIZED, fast(x_last), reference)}
+    runs = {EAGER: lambda: eager(x), OPTIMIZED: lambda: fast(x_last)}
     if torchvision_name:
         peer = calibrate(getattr(torchvision.models, torchvision_name)())
         runs[TORCHVISION] = lambda: peer(x)
     peer_timm = calibrate(timm.create_model(timm_name, pretrained=False))
     runs[TIMM] = lambda: peer_timm(x)
-    return runs, lambda: keras_call(x_keras).numpy(), error
+    if compile_cpu:
+        compiled = compiled_with_freezing(eager, x)
+        with torch.inference_mode():
+            checked(COMPILED, compiled(x), reference)
+        runs[COMPILED] = lambda: compiled(x)
+
+    onnx_file = deploy.export_onnx(eager, x, False, workdir / family / f"{batch}.onnx", True)
+    onnxruntime = deploy.onnxruntime_runner(onnx_file, threads)
+    openvino = deploy.openvino_runner(onnx_file, threads)
+    errors[ONNXRUNTIME] = checked(ONNXRUNTIME, onnxruntime(x), reference)
+    errors[OPENVINO] = checked(OPENVINO, openvino(x), reference)
+    blocks = {
+        KERAS: lambda: keras_call(x_keras).numpy(),
+        ONNXRUNTIME: lambda: onnxruntime(x),
+        OPENVINO: lambda: openvino(x),
+    }
+    return Contenders(runs, blocks, errors, weights, keras_input, reference)
 
 
-def time_family(family, batch, rounds, workdir):
-    """Median milliseconds per contender, and the paired eager / torchvision ratio."""
-    runs, keras, error = contenders(family, batch, workdir)
+def time_family(family, batch, rounds, workdir, threads, compile_cpu, keras_torch):
+    """Median milliseconds per contender, the paired eager / torchvision ratio, and the
+    relative errors against our eager output."""
+    runs, blocks, errors, weights, keras_input, reference = contenders(
+        family, batch, workdir, threads, compile_cpu
+    )
     calls = max(4, 32 // batch)
-    samples = {name: [] for name in [*runs, KERAS]}
+    samples = {name: [] for name in [*runs, *blocks]}
     with torch.inference_mode():
-        for fn in [*runs.values(), keras]:  # warm-up, tf.function tracing
+        for fn in [*runs.values(), *blocks.values()]:  # warm-up, tf.function tracing
             fn(), fn()
         for _ in range(rounds):
             time.sleep(0.2)
@@ -133,17 +238,203 @@ def time_family(family, batch, rounds, workdir):
                     start = time.perf_counter()
                     fn()
                     samples[name].append(time.perf_counter() - start)
-            time.sleep(0.2)
-            keras()  # the clock and caches come back up untimed
-            for _ in range(calls):
-                start = time.perf_counter()
-                keras()
-                samples[KERAS].append(time.perf_counter() - start)
+            for name, fn in blocks.items():
+                time.sleep(0.2)
+                fn()  # the clock and caches come back up untimed
+                for _ in range(calls):
+                    start = time.perf_counter()
+                    fn()
+                    samples[name].append(time.perf_counter() - start)
     times = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
+    if keras_torch:
+        times[KERAS_TORCH], output = keras_torch_ms(
+            family, weights, keras_input, threads, calls * rounds, workdir / family
+        )
+        checked(KERAS_TORCH, torch.from_numpy(output), reference)
     paired = None
     if TORCHVISION in samples:
         paired = statistics.median(a / b for a, b in zip(samples[EAGER], samples[TORCHVISION]))
-    return times, paired, error
+    return times, paired, errors
+
+
+def keras_torch_ms(family, weights, keras_input, threads, calls, workdir):
+    """(median ms, outputs) of the Keras model of `family` with `weights`, on Keras' PyTorch
+    backend, in a fresh process pinned to this one's cores, on `keras_input` (NHWC)."""
+    inputs, outputs = workdir / "keras-torch-input.npy", workdir / "keras-torch-output.npy"
+    np.save(inputs, keras_input)
+    cores = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    code = (
+        "import sys; from benchmarks.run import keras_torch_child; keras_torch_child(*sys.argv[1:])"
+    )
+    # cpu: on a machine with a GPU, Keras' PyTorch backend puts everything on it by default.
+    env = {**os.environ, "KERAS_BACKEND": "torch", "KERAS_TORCH_DEVICE": "cpu"}
+    args = [family, weights, inputs, outputs, threads, cores, calls]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode:
+        raise RuntimeError(f"Keras on the PyTorch backend failed:\n{done.stderr[-3000:]}")
+    return float(done.stdout.split()[-1]), np.load(outputs)
+
+
+def keras_torch_child(family, weights, inputs, outputs, threads, cores, calls):
+    """keras_torch_ms's process: prints the median ms, saves the outputs of the first call."""
+    os.sched_setaffinity(0, [int(core) for core in cores.split(",")])
+    torch.set_num_threads(int(threads))
+    torch.set_flush_denormal(True)
+    import keras
+
+    from convert import keras_reference as kr
+
+    if keras.backend.backend() != "torch":
+        raise RuntimeError(f"Keras runs on {keras.backend.backend()}, not torch")
+    # The builder alone (build_keras would draw and calibrate weights, then overwritten).
+    model = kr.FAMILIES[family](weights=None, classifier_activation=None, **FAMILIES[family][0])
+    model.load_weights(weights)
+    x = torch.from_numpy(np.load(inputs))
+    samples = []
+    with torch.inference_mode():
+        np.save(outputs, keras.ops.convert_to_numpy(model(x, training=False)))
+        model(x, training=False)
+        for _ in range(int(calls)):
+            start = time.perf_counter()
+            model(x, training=False)
+            samples.append(time.perf_counter() - start)
+    print(statistics.median(samples) * 1e3)
+
+
+def train_step(model, optimizer, x, labels):
+    optimizer.zero_grad(set_to_none=True)
+    nn.functional.cross_entropy(model(x), labels).backward()
+    optimizer.step()
+
+
+def training_rows(families, batch, steps, warmup):
+    """(family, ours ms, torchvision ms, median paired ratio) per training step, for the
+    families torchvision has."""
+    import torchvision
+
+    rows = []
+    for family in families:
+        torchvision_name = FAMILIES[family][1]
+        if torchvision_name is None:
+            continue
+        torch.manual_seed(0)
+        models = {
+            "ours": our_model(family).train(),
+            "torchvision": getattr(torchvision.models, torchvision_name)().train(),
+        }
+        # The same images for both: in train mode BatchNorm normalises by the batch, so the
+        # range torchvision expects would change no time.
+        x = model_input(family, batch)
+        labels = torch.randint(0, 1000, (batch,))
+        steps_of = {
+            name: functools.partial(
+                train_step, model, torch.optim.SGD(model.parameters(), lr=1e-3), x, labels
+            )
+            for name, model in models.items()
+        }
+        time.sleep(0.2)  # other thread pools stop spinning
+        for _ in range(warmup):
+            steps_of["ours"](), steps_of["torchvision"]()
+        samples = {"ours": [], "torchvision": []}
+        for i in range(steps):
+            for name in ("ours", "torchvision")[:: 1 if i % 2 else -1]:
+                start = time.perf_counter()
+                steps_of[name]()
+                samples[name].append(time.perf_counter() - start)
+        rows.append(
+            (
+                family,
+                statistics.median(samples["ours"]) * 1e3,
+                statistics.median(samples["torchvision"]) * 1e3,
+                statistics.median(a / b for a, b in zip(samples["ours"], samples["torchvision"])),
+            )
+        )
+    return rows
+
+
+def macs_per_image(model, size=224):
+    """Multiply-accumulates of one image through every nn.Conv2d and nn.Linear of `model`:
+    output elements x inputs per output (in_channels / groups x kernel area, or in_features)."""
+    total = 0
+
+    def count(module, inputs, output):
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = (
+                module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            )
+        else:
+            per_output = module.in_features
+        total += output.numel() * per_output
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 3, size, size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+class Peak(NamedTuple):
+    flops: float  # per second, fp32
+    mhz: float
+    clock_source: str
+    floats: int  # per vector
+    vector_source: str
+
+
+def nominal_peak(cores):
+    """fp32 FLOP/s of `cores` cores: cores x clock x floats per vector x 2 FMA units x 2 FLOPs
+    per FMA. The clock is lscpu's maximum, else the highest "cpu MHz" of /proc/cpuinfo (the
+    clock now); None where neither says."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        lscpu = ""
+    if found := re.search(r"^CPU max MHz:\s*([\d.]+)", lscpu, re.M):
+        mhz, clock_source = float(found.group(1)), "lscpu's CPU max MHz"
+    elif clocks := re.findall(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo, re.M):
+        mhz, clock_source = max(map(float, clocks)), "/proc/cpuinfo's cpu MHz"
+    else:
+        return None
+    found = re.search(r"^flags\s*:(.*)$", cpuinfo, re.M)
+    flags = set(found.group(1).split()) if found else set()
+    if "avx512f" in flags:
+        floats, vector_source = 16, "avx512f"
+    elif flags & {"avx2", "fma"}:
+        floats, vector_source = 8, "avx2/fma"
+    else:
+        floats, vector_source = 4, "no avx2, fma or avx512f flag"
+    return Peak(cores * mhz * 1e6 * floats * 2 * 2, mhz, clock_source, floats, vector_source)
+
+
+def limit_rows(families, results, batch, peak):
+    """(family, MACs per image, ms per image at peak, fraction of peak reached by the optimized
+    copy at `batch`); the last two None without a peak."""
+    rows = []
+    for family in families:
+        macs = macs_per_image(our_model(family))
+        if peak is None:
+            rows.append((family, macs, None, None))
+            continue
+        optimized_s = results[family, batch][0][OPTIMIZED] / 1e3
+        rows.append(
+            (family, macs, 2 * macs / peak.flops * 1e3, 2 * macs * batch / optimized_s / peak.flops)
+        )
+    return rows
 
 
 def accelerator_rows(device, batch, dtypes, compile_models):
@@ -233,7 +524,15 @@ def markdown_table(header, rows) -> list[str]:
     ]
 
 
-def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False):
+def markdown(
+    results,
+    threads,
+    conversion,
+    accelerator=None,
+    tuned_malloc=False,
+    training=None,
+    limit=None,
+):
     import tensorflow as tf
     import timm
     import torchvision
@@ -241,30 +540,46 @@ def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False)
     def ms(value):
         return "-" if value is None else f"{value:.2f}"
 
+    def version(name):
+        return f"{name} {importlib.metadata.version(name)}"
+
     lines = [
         f"torch {torch.__version__}, torchvision {torchvision.__version__}, timm "
-        f"{timm.__version__}, tensorflow {tf.__version__}; pinned to {threads} cores, "
-        f"{threads} threads (TensorFlow: intra-op {threads}, inter-op 1); fp32 CPU, 224x224; "
-        "median ms per batch; glibc malloc "
+        f"{timm.__version__}, tensorflow {tf.__version__}, "
+        + ", ".join(map(version, ["keras", "onnxruntime", "openvino"]))
+        + f"; pinned to {threads} cores, {threads} threads (TensorFlow: intra-op {threads}, "
+        "inter-op 1); fp32 CPU, 224x224; median ms per batch; glibc malloc "
         + (
             "keeping freed memory (" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")"
             if tuned_malloc
             else "as it comes"
         )
-        + ".",
+        + ". onnxruntime and openvino run our `torch.onnx.export(dynamo=True)` export at the "
+        "batch's static shape (ONNX Runtime without spinning threads, OpenVINO in float32, "
+        "unpinned); compiled (freezing): `torch.compile` of our eager model with Inductor's "
+        "freezing, taking turns with the other PyTorch contenders; keras (torch backend): in a "
+        "process of its own, not paired call by call. Errors: max |difference| / max(1, max "
+        "|ours eager|).",
     ]
     lines += markdown_table(
         [
             "family",
             "batch",
-            "ours eager",
-            "ours optimized",
-            "torchvision eager",
-            "timm",
-            "keras",
+            EAGER,
+            OPTIMIZED,
+            TORCHVISION,
+            TIMM,
+            KERAS,
             "eager / torchvision",
             "keras / optimized",
             "optimized error",
+            ONNXRUNTIME,
+            OPENVINO,
+            COMPILED,
+            KERAS_TORCH,
+            "optimized / onnxruntime",
+            "onnxruntime error",
+            "openvino error",
         ],
         [
             [
@@ -277,11 +592,65 @@ def markdown(results, threads, conversion, accelerator=None, tuned_malloc=False)
                 ms(times[KERAS]),
                 ms(paired),
                 f"{times[KERAS] / times[OPTIMIZED]:.2f}",
-                f"{error:.1e}",
+                f"{errors[OPTIMIZED]:.1e}",
+                ms(times[ONNXRUNTIME]),
+                ms(times[OPENVINO]),
+                ms(times.get(COMPILED)),
+                ms(times.get(KERAS_TORCH)),
+                f"{times[OPTIMIZED] / times[ONNXRUNTIME]:.2f}",
+                f"{errors[ONNXRUNTIME]:.1e}",
+                f"{errors[OPENVINO]:.1e}",
             ]
-            for (family, batch), (times, paired, error) in results.items()
+            for (family, batch), (times, paired, errors) in results.items()
         ],
     )
+    if training:
+        batch, steps, warmup, rows = training
+        lines += [
+            f"Training: one step (cross-entropy, backward, SGD lr 1e-3) in train mode, batch "
+            f"{batch}, 224x224, fp32 CPU, ours against torchvision's same architecture; median "
+            f"ms per step over {steps} steps each after {warmup} warm-up steps, the two taking "
+            "turns with the order alternating; ours / torchvision is the median of the paired "
+            "ratios."
+        ]
+        lines += markdown_table(
+            ["family", "batch", "ours ms", "torchvision ms", "ours / torchvision"],
+            [
+                [family, batch, ms(ours_ms), ms(torchvision_ms), f"{ratio:.2f}"]
+                for family, ours_ms, torchvision_ms, ratio in rows
+            ],
+        )
+    if limit:
+        batch, peak, rows = limit
+        if peak is None:
+            lines += ["The physical limit: the clock is unknown (neither lscpu nor /proc/cpuinfo)."]
+        else:
+            lines += [
+                f"The physical limit: multiply-accumulates per image at 224x224 (every nn.Conv2d "
+                f"and nn.Linear of our model: output elements x in_channels / groups x kernel "
+                f"area); the nominal fp32 peak of {threads} cores: {threads} cores x "
+                f"{peak.mhz:.0f} MHz ({peak.clock_source}) x {peak.floats} floats per vector "
+                f"({peak.vector_source}) x 2 FMA units per core (assumed) x 2 FLOPs per FMA = "
+                f"{peak.flops / 1e9:.1f} GFLOP/s, assuming every core holds that clock under "
+                "vector load; ms per image at peak = 2 x MACs / peak; fraction of peak = 2 x MACs "
+                "x batch / the optimized copy's time per batch / peak."
+            ]
+
+        def significant(value):
+            return "-" if value is None else f"{value:.3g}"
+
+        lines += markdown_table(
+            [
+                "family",
+                "MMACs per image",
+                "ms per image at peak",
+                f"optimized at batch {batch}: fraction of peak",
+            ],
+            [
+                [family, f"{macs / 1e6:.1f}", significant(peak_ms), significant(fraction)]
+                for family, macs, peak_ms, fraction in rows
+            ],
+        )
     if accelerator:
         name, batch, compiled, rows = accelerator
         lines += [
@@ -327,6 +696,19 @@ def main(argv=None):
     parser.add_argument(
         "--no-compile", action="store_true", help="leave torch.compile out of the accelerator table"
     )
+    parser.add_argument(
+        "--no-compile-cpu",
+        action="store_true",
+        help="leave torch.compile (with freezing) out of the CPU table: each compile takes tens of "
+        "seconds",
+    )
+    parser.add_argument(
+        "--no-keras-torch",
+        action="store_true",
+        help="leave Keras on its PyTorch backend (a process per family and batch) out",
+    )
+    parser.add_argument("--train-batch", type=int, default=16, help="the training table's batch")
+    parser.add_argument("--no-training", action="store_true", help="leave the training table out")
     parser.add_argument("--no-conversion", action="store_true")
     parser.add_argument(
         "--tuned-malloc",
@@ -362,7 +744,15 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
             for batch in args.batches:
-                results[family, batch] = time_family(family, batch, args.rounds, Path(tmp))
+                results[family, batch] = time_family(
+                    family,
+                    batch,
+                    args.rounds,
+                    Path(tmp),
+                    args.threads,
+                    not args.no_compile_cpu,
+                    not args.no_keras_torch,
+                )
                 times, paired, _ = results[family, batch]
                 print(
                     f"{family:20s} batch {batch:3d}  "
@@ -371,6 +761,26 @@ def main(argv=None):
                     flush=True,
                 )
         conversion = None if args.no_conversion else conversion_figures(Path(tmp))
+    training = None
+    if not args.no_training:
+        # Steps grow with --rounds as the inference calls do; the warm-up steps take the first
+        # steps' costs (allocations, lazy initialisation) out.
+        steps, warmup = 4 * args.rounds, 3
+        training = (
+            args.train_batch,
+            steps,
+            warmup,
+            training_rows(args.families, args.train_batch, steps, warmup),
+        )
+        for family, ours_ms, torchvision_ms, ratio in training[3]:
+            print(
+                f"{family:20s} training step: ours {ours_ms:.1f} ms, torchvision "
+                f"{torchvision_ms:.1f} ms, paired ratio {ratio:.2f}",
+                flush=True,
+            )
+    largest = max(args.batches)
+    peak = nominal_peak(args.threads)
+    limit = (largest, peak, limit_rows(args.families, results, largest, peak))
 
     accelerator = None
     device = args.accelerator or ("cuda" if torch.cuda.is_available() else None)
@@ -384,7 +794,9 @@ def main(argv=None):
             not args.no_compile,
             accelerator_rows(device, args.accelerator_batch, dtypes, not args.no_compile),
         )
-    table = markdown(results, args.threads, conversion, accelerator, args.tuned_malloc)
+    table = markdown(
+        results, args.threads, conversion, accelerator, args.tuned_malloc, training, limit
+    )
     print("\n" + table)
     args.out.write_text(table)
     print(
