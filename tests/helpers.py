@@ -11,7 +11,11 @@ segfaults.
 
 import functools
 import importlib.util
+import os
+import subprocess
+import sys
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +32,20 @@ KERAS_REASON = (
 
 # max |logit difference| / max(1, max |Keras logit|)
 PARITY_TOLERANCE = 1e-4
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_module(module, *args, cwd=ROOT, timeout=600, **env):
+    """`python -m MODULE ARGS` in a fresh process, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
+
 
 PREPROCESS = {
     "mobilenet": tm.mobilenet_v1.preprocess_input,

@@ -4,15 +4,11 @@ exit codes are tested in test_converter.py and test_hardening.py, prediction in
 test_transforms_predict.py, the installed wheel in test_wheel.py."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import helpers
 import numpy as np
 import pytest
-from helpers import keras_model
+from helpers import ROOT, keras_model, run_module
 from PIL import Image
 
 import torch_mobilenets as tm
@@ -20,20 +16,12 @@ from torch_mobilenets.cli import main
 from torch_mobilenets.models.mobilenet_v3_backbone import PRESETS
 from torch_mobilenets.pretrained import registry
 
-ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = ("convert", "predict", "weights", "parity")
 
 
 def cli(*args, cwd=ROOT, **env):
     """`python -m torch_mobilenets ARGS` in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "torch_mobilenets", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **env},
-    )
+    return run_module("torch_mobilenets", *args, cwd=cwd, **env)
 
 
 def test_every_command_has_help_with_examples_and_exit_codes(capsys):
@@ -94,21 +82,9 @@ def test_weights_table_json_and_filters(capsys, monkeypatch, tmp_path):
 
 
 def test_old_entry_points_are_the_new_commands(tmp_path):
-    converted = subprocess.run(
-        [sys.executable, "-m", "convert", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    converted = run_module("convert", "--help", timeout=120)
     assert converted.returncode == 0 and "usage: python -m convert" in converted.stdout
-    predicted = subprocess.run(
-        [sys.executable, "-m", "torch_mobilenets.predict", "--help"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    predicted = run_module("torch_mobilenets.predict", "--help", timeout=120)
     assert predicted.returncode == 0
     assert "usage: python -m torch_mobilenets predict" in predicted.stdout
 

@@ -11,6 +11,7 @@ from helpers import PARITY_TOLERANCE, trained_like
 import torch_mobilenets as tm
 from torch_mobilenets.nn import inference
 from torch_mobilenets.nn.inference import FoldedAway, FusedConv2d
+from torch_mobilenets.nn.layers import Conv2d, HardSigmoid, HardSwish, ReLU, ReLU6
 
 
 @pytest.mark.parametrize(
@@ -114,9 +115,10 @@ MODES = {
 
 
 @pytest.mark.parametrize("builder", [tm.MobileNetV2, tm.MobileNetV3Small], ids=lambda b: b.__name__)
-def test_inference_mode_and_no_grad_in_every_combination(builder):
+def test_inference_mode_and_no_grad_in_every_combination(builder, monkeypatch):
     """Built in or out of inference mode, made under inference_mode, no_grad or neither, run under
-    inference_mode or no_grad: the eager outputs, with the packed oneDNN kernels in use."""
+    inference_mode or no_grad: the eager outputs, with oneDNN's packed kernels or the matrix
+    product in use, never the plain convolution."""
     x = torch.rand(2, 3, 65, 65) * 255
     if builder is tm.MobileNetV2:
         x = x / 127.5 - 1
@@ -130,11 +132,51 @@ def test_inference_mode_and_no_grad_in_every_combination(builder):
             expected = model(x)
         with MODES[made]():
             fast = tm.optimize_for_inference(model)
-        with MODES[run]():
+        with MODES[run](), monkeypatch.context() as patch:
+            if inference._ONEDNN:
+                patch.setattr(Conv2d, "forward", plain_convolution_forbidden)
             for _ in range(2):  # the second call reuses the packed kernels
                 got = fast(x)
         error = ((got - expected).abs().max() / max(1.0, expected.abs().max())).item()
         assert error <= PARITY_TOLERANCE, f"{case}: relative error {error:.2e}"
         if inference._ONEDNN:
             packed = [m._packed for m in fast.modules() if isinstance(m, FusedConv2d)]
-            assert packed and all(packed), f"{case}: a convolution fell back to the plain path"
+            assert sum(map(bool, packed)) >= 11, f"{case}: oneDNN ran too few convolutions"
+
+
+def plain_convolution_forbidden(self, *args, **kwargs):
+    raise AssertionError(f"{type(self).__name__} fell back to the plain convolution")
+
+
+@needs_onednn
+@pytest.mark.parametrize("activation", [None, ReLU, ReLU6, HardSwish, HardSigmoid])
+@pytest.mark.parametrize("bias", [True, False])
+def test_small_pointwise_convolutions_run_as_matrix_products(activation, bias):
+    """A 1x1 convolution with little work is one torch.addmm on the channels-last rows, its
+    activation applied in place; with more work, or on input that is not channels-last, oneDNN
+    runs it. Both give the plain convolution's output, channels-last from channels-last."""
+    torch.manual_seed(0)
+    conv = Conv2d(48, 40, 1, bias=bias).requires_grad_(False)
+    conv.weight.normal_(0.0, 0.3)
+    if bias:
+        conv.bias.normal_(0.0, 0.5)
+    plain = (lambda y: y) if activation is None else activation()
+    fused = FusedConv2d(conv, None if activation is None else activation())
+    channels_last = torch.channels_last
+    small = torch.randn(2, 48, 7, 9).contiguous(memory_format=channels_last)  # 1.2M MACs
+    large = torch.randn(2, 48, 70, 90).contiguous(memory_format=channels_last)  # 1.2G MACs
+    assert fused._matmul_applies(small) and not fused._matmul_applies(large)
+    with torch.inference_mode():
+        for x, packs in ((small, False), (large, True), (small.contiguous(), True)):
+            fused._packed.clear()
+            got = fused(x)
+            torch.testing.assert_close(got, plain(conv(x)), rtol=1e-5, atol=1e-5)
+            if x.is_contiguous(memory_format=channels_last):
+                assert got.is_contiguous(memory_format=channels_last)
+            assert bool(fused._packed) is packs, tuple(x.shape)
+        before = fused(small)
+        conv.weight.mul_(-1.0)  # the product reads the weight as it is now
+        torch.testing.assert_close(fused(small), plain(conv(small)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(fused(small), before)
+        conv.weight.data = conv.weight.data * 2.0  # and the weight as it is after a replacement
+        torch.testing.assert_close(fused(small), plain(conv(small)), rtol=1e-5, atol=1e-5)

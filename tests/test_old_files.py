@@ -9,14 +9,12 @@ seeded Keras model with the top, without the layers the old no-top model lacked,
 """
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
 import pytest
 import torch
-from helpers import assert_parity, keras_model, keras_reference
+from helpers import assert_parity, keras_model, keras_reference, run_module
 from safetensors import safe_open
 
 import torch_mobilenets as tm
@@ -27,7 +25,6 @@ kr = keras_reference()  # skips this module, with the reason, without Keras
 
 pytestmark = pytest.mark.keras
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = {
     "small": ("mobilenet_v3_small", dict(alpha=1.0, minimalistic=False)),
     "large minimalistic": ("mobilenet_v3_large", dict(alpha=1.0, minimalistic=True)),
@@ -129,13 +126,7 @@ def test_loaded_without_conv_2_when_asked(old, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("convert", *args, timeout=300)
 
 
 def test_the_command_line_refuses_or_skips_as_asked(old_files, tmp_path):

@@ -26,6 +26,8 @@ _ONEDNN = (
     and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
     and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
 )
+# The overload itself: resolving it from the packet costs ~10 us a call.
+_CONVOLUTION_POINTWISE: Any = torch.ops.mkldnn._convolution_pointwise.default if _ONEDNN else None
 # Our activations as oneDNN post-ops: (name, its scalars).
 ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
     ReLU: ("relu", []),
@@ -48,9 +50,18 @@ class FusedConv2d(Conv2d):
     oneDNN applies both in one pass over the output, with the kernel reordered into oneDNN's
     own layout once and kept, where `F.conv2d` reorders it on every call (at batch 1 that costs
     more than the convolution itself). Elsewhere (a GPU, autograd, tracing, compiling, another
-    dtype) it runs as the plain convolution followed by the activation."""
+    dtype) it runs as the plain convolution followed by the activation.
+
+    A small 1x1 convolution runs instead as one matrix product on the channels-last rows,
+    `torch.addmm`, and then its activation in place: oneDNN remakes the convolution's
+    descriptor on every call, a fixed ~35 us that dominates the small maps of a batch of one
+    (54 convolutions in MobileNetV3Small)."""
 
     PACKED_SHAPES = 4
+    # Below this many multiply-adds per call the product is the faster (measured on every 1x1
+    # layer of the four families at batch 1 and 8, 2 threads: it won 142 of the 149 calls below,
+    # taking 0.2x to 0.8x of oneDNN's time, and 49 of the 127 above).
+    MATMUL_MAX_MACS = 2**23
 
     def __init__(self, conv: Conv2d, activation: nn.Module | None):
         with torch.device("meta"):  # the parameters are conv's own
@@ -68,41 +79,75 @@ class FusedConv2d(Conv2d):
         self.post_op, self.post_op_scalars = (
             ONEDNN_ACTIVATIONS[type(activation)] if activation is not None else ("none", [])
         )
+        # Lists made once: each one built per call costs more than the call's own Python.
+        self._stride_list, self._dilation_list = list(self.stride), list(self.dilation)
+        self._is_pointwise = (
+            self.kernel_size == (1, 1) and self.stride == (1, 1) and self.groups == 1
+        ) and self.padding == (0, 0)
         # (input shape, padding) -> (weight's version, (oneDNN kernel, its padding))
         self._packed: dict = {}
+        self._matrix: tuple[int, torch.Tensor] | None = None  # (weight's address, the view)
 
     def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
         if not self._onednn_applies(x):
             out = super().forward(x, pad)
             return out if self.activation is None else self.activation.forward_inplace(out)
+        if pad is None and self._is_pointwise and self._matmul_applies(x):
+            return self._forward_matmul(x)
         if pad is None and self._dynamic_same:
             pad = self.same_padding(x)
         if pad is None:
             pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
         kernel, padding = self._packed_kernel(x, pad)
-        return torch.ops.mkldnn._convolution_pointwise(
+        return _CONVOLUTION_POINTWISE(
             x,
             kernel,
             self.bias,
             padding,
-            self.stride,
-            self.dilation,
+            self._stride_list,
+            self._dilation_list,
             self.groups,
             self.post_op,
             self.post_op_scalars,
             None,
         )
 
+    def _matmul_applies(self, x: torch.Tensor) -> bool:
+        n, _, height, width = x.shape
+        macs = n * height * width * self.in_channels * self.out_channels
+        return macs < self.MATMUL_MAX_MACS and x.is_contiguous(memory_format=torch.channels_last)
+
+    def _forward_matmul(self, x: torch.Tensor) -> torch.Tensor:
+        # Each tensor op costs a few microseconds however small: one view in and one out, each
+        # a single as_strided over x's and the product's channels-last memory.
+        n, channels, height, width = x.shape
+        rows = x.as_strided((n * height * width, channels), (channels, 1), x.storage_offset())
+        kernel = self._matmul_kernel()
+        out = torch.addmm(self.bias, rows, kernel) if self.bias is not None else rows @ kernel
+        if self.activation is not None:
+            self.activation.forward_inplace(out)
+        c = self.out_channels
+        return out.as_strided((n, c, height, width), (height * width * c, 1, width * c, c))
+
+    def _matmul_kernel(self) -> torch.Tensor:
+        # The weight as an (in, out) matrix: a view, so it follows in-place changes; made again
+        # when the weight's memory is replaced (`.to()`, `load_state_dict(assign=True)`).
+        if self._matrix is None or self._matrix[0] != self.weight.data_ptr():
+            matrix = self.weight.reshape(self.out_channels, self.in_channels).t()
+            self._matrix = (self.weight.data_ptr(), matrix)
+        return self._matrix[1]
+
     def _onednn_applies(self, x: torch.Tensor) -> bool:
-        return (
-            x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and self.weight.device.type == "cpu"
+        return (  # checked on every call, so the cheapest tests first
+            x.is_cpu
+            and self.weight.is_cpu
+            and x.dtype is torch.float32
+            and self.weight.dtype is torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
         )
 
-    def _packed_kernel(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, tuple]:
+    def _packed_kernel(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, list]:
         # oneDNN picks the kernel's layout for one input shape; run on another, it reorders the
         # kernel on every call, slower than no packing at all. So one kernel per input shape,
         # the last few kept; each made again when the weight changes in place (its version) or
@@ -119,14 +164,14 @@ class FusedConv2d(Conv2d):
                 self.groups,
                 list(x.shape),
             )
-            cached = (version, (kernel, padding))
+            cached = (version, (kernel, list(padding)))
         self._packed[key] = cached  # most recently used last
         if len(self._packed) > self.PACKED_SHAPES:
             del self._packed[next(iter(self._packed))]
         return cached[1]
 
     def __getstate__(self):  # oneDNN kernels can be neither copied nor pickled: made again
-        return {**self.__dict__, "_packed": {}}
+        return {**self.__dict__, "_packed": {}, "_matrix": None}
 
 
 def fold_batch_norms(model: KerasModel) -> KerasModel:
