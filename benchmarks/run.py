@@ -4,7 +4,8 @@
                              [--no-compile-cpu] [--no-keras-torch] [--no-training] [--out FILE.md]
 
 CPU, for each family and batch size: our eager model (as a user calls it: NCHW input), our
-`optimize_for_inference` copy (channels-last input), torchvision's eager model of the family
+`optimize_for_inference` copy (channels-last input) and the same copy with public PyTorch ops
+only (what the private oneDNN op buys), torchvision's eager model of the family
 (V2, V3 Large/Small), timm's nearest model and Keras on TensorFlow (`tf.function`); then our
 eager model exported by `torch.onnx.export(dynamo=True)` at the batch's static shape, run by ONNX
 Runtime and by OpenVINO (benchmarks/deploy.py's runners: ONNX Runtime without spinning threads,
@@ -50,6 +51,7 @@ longer than the arithmetic.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import importlib.metadata
 import os
@@ -96,6 +98,9 @@ COMPILED, ONNXRUNTIME, OPENVINO, KERAS_TORCH = (
     "openvino",
     "keras (torch backend)",
 )
+# The optimized copy without its private oneDNN op: BatchNorm folded, weights channels-last, and
+# every convolution and activation a plain public layer. optimized / this is what the op buys.
+FOLDED = "ours folded (public ops)"
 # max |difference| / max(1, max |ours eager|), the parity tests' measure and tolerance: past it a
 # contender computes something else, and its time means nothing.
 TOLERANCE = 1e-4
@@ -185,6 +190,7 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
     eager = our_model(family, weights).eval()
     fast = tm.optimize_for_inference(eager)
+    folded = folded_with_public_ops(eager)
 
     x = model_input(family, batch)
     x_last = x.contiguous(memory_format=torch.channels_last)
@@ -195,7 +201,12 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     with torch.inference_mode():
         reference = eager(x)
         errors = {OPTIMIZED: checked(OPTIMIZED, fast(x_last), reference)}
-    runs = {EAGER: lambda: eager(x), OPTIMIZED: lambda: fast(x_last)}
+        checked(FOLDED, folded(x_last), reference)
+    runs = {
+        EAGER: lambda: eager(x),
+        OPTIMIZED: lambda: fast(x_last),
+        FOLDED: lambda: folded(x_last),
+    }
     if torchvision_name:
         peer = calibrate(getattr(torchvision.models, torchvision_name)())
         runs[TORCHVISION] = lambda: peer(x)
@@ -220,9 +231,17 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     return Contenders(runs, blocks, errors, weights, keras_input, reference)
 
 
+def folded_with_public_ops(model: torch.nn.Module) -> torch.nn.Module:
+    from torch_mobilenets.nn.inference import fold_batch_norms
+
+    with torch.no_grad():
+        folded = fold_batch_norms(copy.deepcopy(model).eval()).requires_grad_(False)
+    return folded.to(memory_format=torch.channels_last)
+
+
 def time_family(family, batch, rounds, workdir, threads, compile_cpu, keras_torch):
-    """Median milliseconds per contender, the paired eager / torchvision ratio, and the
-    relative errors against our eager output."""
+    """Median milliseconds per contender, the paired ratios (eager / torchvision, optimized /
+    folded), and the relative errors against our eager output."""
     runs, blocks, errors, weights, keras_input, reference = contenders(
         family, batch, workdir, threads, compile_cpu
     )
@@ -251,9 +270,12 @@ def time_family(family, batch, rounds, workdir, threads, compile_cpu, keras_torc
             family, weights, keras_input, threads, calls * rounds, workdir / family
         )
         checked(KERAS_TORCH, torch.from_numpy(output), reference)
-    paired = None
-    if TORCHVISION in samples:
-        paired = statistics.median(a / b for a, b in zip(samples[EAGER], samples[TORCHVISION]))
+    pairs = {"eager / torchvision": (EAGER, TORCHVISION), "optimized / folded": (OPTIMIZED, FOLDED)}
+    paired = {
+        ratio: statistics.median(a / b for a, b in zip(samples[top], samples[bottom]))
+        for ratio, (top, bottom) in pairs.items()
+        if bottom in samples
+    }
     return times, paired, errors
 
 
@@ -558,7 +580,10 @@ def markdown(
         "batch's static shape (ONNX Runtime without spinning threads, OpenVINO in float32, "
         "unpinned); compiled (freezing): `torch.compile` of our eager model with Inductor's "
         "freezing, taking turns with the other PyTorch contenders; keras (torch backend): in a "
-        "process of its own, not paired call by call. Errors: max |difference| / max(1, max "
+        "process of its own, not paired call by call; ours folded (public ops): the optimized "
+        "copy without its private oneDNN op (BatchNorm folded, channels-last, plain PyTorch "
+        "layers), taking turns with the others, optimized / folded the median of the paired "
+        "ratios. Errors: max |difference| / max(1, max "
         "|ours eager|).",
     ]
     lines += markdown_table(
@@ -580,6 +605,8 @@ def markdown(
             "optimized / onnxruntime",
             "onnxruntime error",
             "openvino error",
+            FOLDED,
+            "optimized / folded",
         ],
         [
             [
@@ -590,7 +617,7 @@ def markdown(
                 ms(times.get(TORCHVISION)),
                 ms(times[TIMM]),
                 ms(times[KERAS]),
-                ms(paired),
+                ms(paired.get("eager / torchvision")),
                 f"{times[KERAS] / times[OPTIMIZED]:.2f}",
                 f"{errors[OPTIMIZED]:.1e}",
                 ms(times[ONNXRUNTIME]),
@@ -600,6 +627,8 @@ def markdown(
                 f"{times[OPTIMIZED] / times[ONNXRUNTIME]:.2f}",
                 f"{errors[ONNXRUNTIME]:.1e}",
                 f"{errors[OPENVINO]:.1e}",
+                ms(times[FOLDED]),
+                f"{paired['optimized / folded']:.2f}",
             ]
             for (family, batch), (times, paired, errors) in results.items()
         ],
@@ -757,7 +786,7 @@ def main(argv=None):
                 print(
                     f"{family:20s} batch {batch:3d}  "
                     + "  ".join(f"{k} {v:7.2f}" for k, v in times.items())
-                    + (f"  eager/torchvision {paired:.2f}" if paired else ""),
+                    + "".join(f"  {k} {v:.2f}" for k, v in paired.items()),
                     flush=True,
                 )
         conversion = None if args.no_conversion else conversion_figures(Path(tmp))

@@ -101,6 +101,8 @@ def test_benchmark_script_writes_every_table(tmp_path):
             assert float(row[column]) > 0, column
         assert_ratio(row["keras / optimized"], row["keras"], row["ours optimized"])
         assert_ratio(row["optimized / onnxruntime"], row["ours optimized"], row["onnxruntime"])
+        assert float(row["ours folded (public ops)"]) > 0
+        assert 0 < float(row["optimized / folded"]) < 10  # paired, so not the ratio of medians
         # the exports compute what the eager model does, as the optimized copy does
         for column in ("optimized error", "onnxruntime error", "openvino error"):
             assert float(row[column]) < 1e-4, column

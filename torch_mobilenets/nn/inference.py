@@ -3,8 +3,8 @@
 Eager `forward` already folds Keras' stride-2 padding into the convolutions, runs the graph
 channels-last on the CPU and writes layers into their inputs where it can (see `graph._plan`).
 For inference only, this also folds every BatchNormalization and activation into the convolution
-before it, keeps the kernels packed for oneDNN, stores weights channels-last, and optionally
-compiles. The copy computes the same function to float32 round-off; the model given is
+before it, keeps the kernels packed for oneDNN, runs small 1x1 convolutions as matrix products,
+stores weights channels-last, and optionally compiles. The copy computes the same function to float32 round-off; the model given is
 untouched.
 """
 
@@ -228,7 +228,8 @@ def optimize_for_inference(
 ) -> nn.Module:
     """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients, and
     on the CPU each convolution run by oneDNN with its kernel packed once and its activation
-    applied in the same pass (`FusedConv2d`). A layer's output in this copy (`forward_layers`)
+    applied in the same pass, or, if it is a small 1x1 convolution, as one matrix product
+    (`FusedConv2d`). A layer's output in this copy (`forward_layers`)
     is that of the last layer folded into it.
 
     `channels_last` stores the convolution weights channels-last (call it on channels-last input
