@@ -4,8 +4,8 @@ Eager `forward` already folds Keras' stride-2 padding into the convolutions, run
 channels-last on the CPU and writes layers into their inputs where it can (see `graph._plan`).
 For inference only, this also folds every BatchNormalization and activation into the convolution
 before it, keeps the kernels packed for oneDNN, runs small 1x1 convolutions as matrix products,
-stores weights channels-last, and optionally compiles. The copy computes the same function to float32 round-off; the model given is
-untouched.
+stores weights channels-last, and optionally compiles. The copy computes the same function to
+float32 round-off; the model given is untouched.
 """
 
 from __future__ import annotations
