@@ -81,9 +81,8 @@ class FusedConv2d(Conv2d):
         )
         # Lists made once: each one built per call costs more than the call's own Python.
         self._stride_list, self._dilation_list = list(self.stride), list(self.dilation)
-        self._is_pointwise = (
-            self.kernel_size == (1, 1) and self.stride == (1, 1) and self.groups == 1
-        ) and self.padding == (0, 0)
+        one_by_one = self.kernel_size == self.stride == (1, 1) and self.padding == (0, 0)
+        self._is_pointwise = one_by_one and self.groups == 1
         # (input shape, padding) -> (weight's version, (oneDNN kernel, its padding))
         self._packed: dict = {}
         self._matrix: tuple[int, torch.Tensor] | None = None  # (weight's address, the view)
