@@ -51,7 +51,6 @@ longer than the arithmetic.
 from __future__ import annotations
 
 import argparse
-import copy
 import functools
 import importlib.metadata
 import os
@@ -98,8 +97,8 @@ COMPILED, ONNXRUNTIME, OPENVINO, KERAS_TORCH = (
     "openvino",
     "keras (torch backend)",
 )
-# The optimized copy without its private oneDNN op: BatchNorm folded, weights channels-last, and
-# every convolution and activation a plain public layer. optimized / this is what the op buys.
+# The optimized copy without its private oneDNN op (`fuse=False`): BatchNorm folded, weights
+# channels-last, every layer a public PyTorch one. optimized / this is what the op buys.
 FOLDED = "ours folded (public ops)"
 # max |difference| / max(1, max |ours eager|), the parity tests' measure and tolerance: past it a
 # contender computes something else, and its time means nothing.
@@ -190,7 +189,7 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
     eager = our_model(family, weights).eval()
     fast = tm.optimize_for_inference(eager)
-    folded = folded_with_public_ops(eager)
+    folded = tm.optimize_for_inference(eager, fuse=False)
 
     x = model_input(family, batch)
     x_last = x.contiguous(memory_format=torch.channels_last)
@@ -229,14 +228,6 @@ def contenders(family, batch, workdir, threads, compile_cpu):
         OPENVINO: lambda: openvino(x),
     }
     return Contenders(runs, blocks, errors, weights, keras_input, reference)
-
-
-def folded_with_public_ops(model: torch.nn.Module) -> torch.nn.Module:
-    from torch_mobilenets.nn.inference import fold_batch_norms
-
-    with torch.no_grad():
-        folded = fold_batch_norms(copy.deepcopy(model).eval()).requires_grad_(False)
-    return folded.to(memory_format=torch.channels_last)
 
 
 def time_family(family, batch, rounds, workdir, threads, compile_cpu, keras_torch):

@@ -41,6 +41,10 @@ def test_optimized_copy_computes_the_same_function(builder, kwargs):
         assert torch.equal(value, before[key]), key
     assert model.training is False and all(p.requires_grad for p in model.parameters())
     assert not any(p.requires_grad for p in fast.parameters())
+    public = tm.optimize_for_inference(model, fuse=False)  # the same copy without oneDNN's op
+    assert not any(isinstance(m, FusedConv2d) for m in public.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(public(x), fast(x), rtol=1e-4, atol=1e-4)
 
 
 needs_onednn = pytest.mark.skipif(not inference._ONEDNN, reason="PyTorch built without oneDNN")

@@ -223,7 +223,7 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
 
 
 def optimize_for_inference(
-    model: KerasModel, channels_last: bool = True, compile: bool = False
+    model: KerasModel, channels_last: bool = True, compile: bool = False, *, fuse: bool = True
 ) -> nn.Module:
     """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients, and
     on the CPU each convolution run by oneDNN with its kernel packed once and its activation
@@ -234,13 +234,14 @@ def optimize_for_inference(
     `channels_last` stores the convolution weights channels-last (call it on channels-last input
     to save the copy of the input: `x.to(memory_format=torch.channels_last)`); `compile` wraps
     the result in `torch.compile` (dynamic sizes allowed), which pays a compilation on first
-    call.
+    call. `fuse=False` leaves out `FusedConv2d` and with it the private oneDNN op: every layer
+    a public PyTorch one (benchmarks/run.py times what the op buys).
     """
     # The copy holds normal tensors even when made under torch.inference_mode(): inference
     # tensors keep no version counter, which FusedConv2d reads to notice a weight changed.
     with torch.inference_mode(False), torch.no_grad():
         fast = fold_batch_norms(copy.deepcopy(model).eval())
-        if _ONEDNN:
+        if fuse and _ONEDNN:
             fuse_convolutions(fast)
         for parameter in fast.parameters():
             parameter.requires_grad_(False)
