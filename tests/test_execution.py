@@ -1,11 +1,14 @@
 """How `forward` runs the graph: the rewrites that make it fast (folded pads, in-place layers,
 a channels-last graph on the CPU) must change nothing a caller can see."""
 
+import copy
+import pickle
 import random
 
 import pytest
 import torch
 from helpers import trained_like
+from torch import nn
 from torch.profiler import profile
 
 import torch_mobilenets as tm
@@ -150,3 +153,33 @@ def test_no_padded_copy_of_an_activation(builder, size, spatial):
         if e.name == "aten::copy_" and e.input_shapes[0][:1] == [5] and len(e.input_shapes[0]) == 4
     ]
     assert copies == [[5, 3, *spatial]], "one copy only: the input, made channels-last"
+
+
+def test_forward_runs_only_the_layers_that_compute():
+    """An optimized copy's folded layers are aliases and its folded pads nothing: the program
+    `forward` runs calls neither, and each kind of call (here: with a kept layer) has its own."""
+    fast = tm.optimize_for_inference(tm.MobileNetV2(weights=None, input_shape=(3, 64, 64)))
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        fast(x)
+        fast.forward_layers(x, ["block_3_expand_relu"])
+    assert len(fast._programs) == 2
+    program = fast._programs[(frozenset(), None, 0, True, True)]
+    called = [fast.get_submodule(c.name) for c in program.calls]
+    assert not any(isinstance(m, (nn.Identity, layers.ZeroPadding2D)) for m in called)
+    assert len(called) == 64 and len(fast.layer_names) == 155  # V2: 52 convs, 10 adds, pool, top
+    fast.replace("predictions", layers.Dense(1280, 3))  # a change of the graph remakes them
+    assert fast._programs is None and fast(x).shape == (1, 3)
+
+
+def test_a_pickled_model_remakes_its_programs():
+    model = tm.MobileNetV3Small(weights=None, alpha=0.75).eval()
+    x = torch.rand(1, 3, 64, 64) * 255
+    with torch.no_grad():
+        expected = model(x)
+        older = copy.copy(model)  # as an older release pickled it: its cache named _plan
+        older.__dict__["_plan"] = older.__dict__.pop("_programs")
+        for pickled in (model, older):
+            again = pickle.loads(pickle.dumps(pickled))
+            assert again._programs is None and "_plan" not in again.__dict__
+            assert torch.equal(again(x), expected)

@@ -155,10 +155,11 @@ def plain_convolution_forbidden(self, *args, **kwargs):
 @needs_onednn
 @pytest.mark.parametrize("activation", [None, ReLU, ReLU6, HardSwish, HardSigmoid])
 @pytest.mark.parametrize("bias", [True, False])
-def test_small_pointwise_convolutions_run_as_matrix_products(activation, bias):
-    """A 1x1 convolution with little work is one torch.addmm on the channels-last rows, its
-    activation applied in place; with more work, or on input that is not channels-last, oneDNN
-    runs it. Both give the plain convolution's output, channels-last from channels-last."""
+def test_pointwise_convolutions_run_as_matrix_products(activation, bias):
+    """A 1x1 convolution on channels-last input is a matrix product of its rows: with little
+    work one torch.addmm, its activation applied in place; with more, oneDNN's product, its
+    kernel packed; on input that is not channels-last, oneDNN's convolution. Each gives the plain
+    convolution's output, channels-last from channels-last."""
     torch.manual_seed(0)
     conv = Conv2d(48, 40, 1, bias=bias).requires_grad_(False)
     conv.weight.normal_(0.0, 0.3)
@@ -167,20 +168,26 @@ def test_small_pointwise_convolutions_run_as_matrix_products(activation, bias):
     plain = (lambda y: y) if activation is None else activation()
     fused = FusedConv2d(conv, None if activation is None else activation())
     channels_last = torch.channels_last
-    small = torch.randn(2, 48, 7, 9).contiguous(memory_format=channels_last)  # 1.2M MACs
-    large = torch.randn(2, 48, 70, 90).contiguous(memory_format=channels_last)  # 1.2G MACs
-    assert fused._matmul_applies(small) and not fused._matmul_applies(large)
+    small = torch.randn(2, 48, 7, 9).contiguous(memory_format=channels_last)  # 0.24M MACs
+    large = torch.randn(2, 48, 70, 90).contiguous(memory_format=channels_last)  # 24M MACs
+    cases = [(small, "addmm", 0), (large, "onednn", 1), (small.contiguous(), None, 1)]
     with torch.inference_mode():
-        for x, packs in ((small, False), (large, True), (small.contiguous(), True)):
+        for x, product, packs in cases:
+            assert fused.product(x) == product, tuple(x.shape)
             fused._packed.clear()
             got = fused(x)
             torch.testing.assert_close(got, plain(conv(x)), rtol=1e-5, atol=1e-5)
             if x.is_contiguous(memory_format=channels_last):
                 assert got.is_contiguous(memory_format=channels_last)
-            assert bool(fused._packed) is packs, tuple(x.shape)
-        before = fused(small)
-        conv.weight.mul_(-1.0)  # the product reads the weight as it is now
-        torch.testing.assert_close(fused(small), plain(conv(small)), rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(fused(small), before)
-        conv.weight.data = conv.weight.data * 2.0  # and the weight as it is after a replacement
-        torch.testing.assert_close(fused(small), plain(conv(small)), rtol=1e-5, atol=1e-5)
+            assert len(fused._packed) == packs, tuple(x.shape)
+        for x in (small, large):  # each product reads the weight as it is now:
+            before = fused(x)
+            conv.weight.mul_(-1.0)  # changed in place,
+            torch.testing.assert_close(fused(x), plain(conv(x)), rtol=1e-5, atol=1e-5)
+            assert not torch.allclose(fused(x), before)
+            weight = conv.weight.data
+            conv.weight.data = weight * 2.0  # replaced (by an inference tensor, made here),
+            torch.testing.assert_close(fused(x), plain(conv(x)), rtol=1e-5, atol=1e-5)
+            conv.weight.mul_(0.5)  # and that changed in place, which no version counter tells
+            torch.testing.assert_close(fused(x), plain(conv(x)), rtol=1e-5, atol=1e-5)
+            conv.weight.data = weight

@@ -61,7 +61,8 @@ class KerasModel(nn.Module):
         # For each layer, in order: its name and the nodes it reads. Node 0 is the model's input,
         # node i the output of the i-th layer.
         self._graph: list[tuple[str, tuple[int, ...]]] = []
-        self._plan: dict | None = None  # keep-set -> steps, made on first use
+        # (keep, last node, start node, overwrite, own input) -> _Program, made on first use
+        self._programs: dict | None = None
         # The last layer of the body: what the top (or pooling) reads. Set by the builders.
         self.feature_layer: str = ""
 
@@ -74,7 +75,7 @@ class KerasModel(nn.Module):
             raise ValueError(f"duplicate layer name {name!r}")
         self.add_module(name, layer)
         self._graph.append((name, tuple(t.node for t in inputs)))
-        self._plan = None
+        self._programs = None
         shape = self._layer(name).output_shape(*(t.shape for t in inputs))
         return KerasTensor(len(self._graph), shape)
 
@@ -105,7 +106,7 @@ class KerasModel(nn.Module):
         if name not in self.layer_names:
             raise ValueError(f"model {self.name!r} has no layer {name!r}")
         setattr(self, name, layer)
-        self._plan = None
+        self._programs = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x)[0]
@@ -201,11 +202,6 @@ class KerasModel(nn.Module):
         last output, the outputs of the layers in `keep`)."""
         if start_node == 0:
             self._check_input(x)
-        keep = frozenset(keep)
-        if self._plan is None:
-            self._plan = {}
-        if keep not in self._plan:
-            self._plan[keep] = _plan(self, keep)
         # Rewrites that autograd or a tracer could not follow are made only in eager mode:
         eager = not capturing_graph()
         # in-place layer calls, also only without gradients;
@@ -222,33 +218,34 @@ class KerasModel(nn.Module):
         )
         if relayout:
             x = x.contiguous(memory_format=torch.channels_last)
-        values, kept = {start_node: x}, {}
-        for node, step in enumerate(self._plan[keep], start=1):
-            if step.how is How.SKIP or node <= start_node:
-                continue
-            layer = self._layer(step.name)
-            how = step.how
-            if how in _IN_PLACE and step.inputs[0] == start_node and not relayout:
-                how = How.CALL  # `x` belongs to the caller: never write into it
-            if how is How.ALIAS:
-                out = values[step.inputs[0]]
-            elif how is How.INPLACE or (how is How.INPLACE_NOGRAD and overwrite):
-                out = layer.forward_inplace(*(values[i] for i in step.inputs))
-            elif how is How.PADDED:
-                out = layer(values[step.inputs[0]], pad=step.pad)
+        key = (frozenset(keep), last_node, start_node, overwrite, relayout)
+        if self._programs is None:
+            self._programs = {}
+        if key not in self._programs:
+            self._programs[key] = _program(self, *key)
+        program = self._programs[key]
+        values, modules = {start_node: x}, self._modules
+        for call in program.calls:
+            layer: Any = modules[call.name]
+            args = [values[i] for i in call.inputs]
+            if call.how is How.INPLACE:
+                values[call.node] = layer.forward_inplace(*args)
+            elif call.how is How.PADDED:
+                values[call.node] = layer(args[0], pad=call.pad)
             else:
-                out = layer(*(values[i] for i in step.inputs))
-            values[node] = out
-            if step.name in keep:
-                kept[step.name] = out
-            if node == last_node:
-                break
-            for i in step.released:  # drop activations nothing reads again
-                values.pop(i, None)
+                values[call.node] = layer(*args)
+            for i in call.released:  # drop activations nothing reads again
+                del values[i]
+        out = values[program.output]
+        kept = {name: values[node] for name, node in program.kept.items()}
         if relayout:
             out = _contiguous(out)
             kept = {name: _contiguous(value) for name, value in kept.items()}
         return out, kept
+
+    def __setstate__(self, state):  # the cached programs are remade (an older release's too)
+        state.pop("_plan", None)
+        super().__setstate__({**state, "_programs": None})
 
     def _check_input(self, x: torch.Tensor) -> None:
         expected = (None, *self.input_shape)
@@ -302,7 +299,6 @@ _IN_PLACE = (How.INPLACE, How.INPLACE_NOGRAD)
 class _Step(NamedTuple):
     name: str
     inputs: tuple  # nodes read
-    released: tuple  # nodes no later step reads
     how: How = How.CALL
     pad: tuple | None = None
 
@@ -337,7 +333,7 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
             ):
                 how, pad, inputs = How.PADDED, producer.padding, graph[source - 1][1]
                 steps[source - 1] = steps[source - 1]._replace(how=How.SKIP, inputs=())
-        steps.append(_Step(name, tuple(inputs), (), how, pad))
+        steps.append(_Step(name, tuple(inputs), how, pad))
 
     readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
@@ -382,11 +378,70 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
             inputs=inputs, how=How.INPLACE if autograd_safe else How.INPLACE_NOGRAD
         )
 
-    last_reader = {}
-    for step, s in enumerate(steps, start=1):
-        for i in s.inputs:
-            last_reader[i] = step
+    return steps
+
+
+class _Call(NamedTuple):
+    """One layer call of a `_Program`."""
+
+    name: str
+    how: How  # CALL, INPLACE or PADDED
+    inputs: tuple  # the nodes read, each the call that made its value (aliases followed)
+    node: int
+    released: tuple = ()  # nodes no later call reads
+    pad: tuple | None = None
+
+
+class _Program(NamedTuple):
+    calls: list
+    output: int  # the node whose value is the result
+    kept: dict  # name -> node, for the layers asked for
+
+
+def _program(
+    model: KerasModel,
+    keep: frozenset,
+    last_node: int | None,
+    start_node: int,
+    overwrite: bool,
+    own_input: bool,
+) -> _Program:
+    """The plan as `_run` executes it for one kind of call: only the layers that compute (an
+    alias is its input, a folded pad nothing), each in-place step decided, so that a forward pass
+    spends no Python on what does nothing (half the layers of an `optimize_for_inference` copy
+    are folded away). `own_input`: the input is our copy, so the first layer may write into it.
+    """
+    source = {start_node: start_node}  # node -> the node whose value it has
+    calls: list[_Call] = []
+    kept: dict[str, int] = {}
+    node = start_node
+    for node, step in enumerate(_plan(model, keep), start=1):
+        if node <= start_node or step.how is How.SKIP:
+            continue
+        inputs = tuple(source[i] for i in step.inputs)
+        if step.how is How.ALIAS:
+            source[node] = inputs[0]
+        else:
+            how = step.how
+            if how is How.INPLACE_NOGRAD:
+                how = How.INPLACE if overwrite else How.CALL
+            if how is How.INPLACE and inputs[0] == start_node and not own_input:
+                how = How.CALL  # `x` belongs to the caller: never write into it
+            calls.append(_Call(step.name, how, inputs, node, pad=step.pad))
+            source[node] = node
+        if step.name in keep:
+            kept[step.name] = source[node]
+        if node == last_node:
+            break
+    output = source[node]
+    last_read = {}
+    for k, call in enumerate(calls):
+        for i in call.inputs:
+            last_read[i] = k
+    held = {output, *kept.values()}
     released: dict[int, list[int]] = {}
-    for node, step in last_reader.items():
-        released.setdefault(step, []).append(node)
-    return [s._replace(released=tuple(released.get(step, ()))) for step, s in enumerate(steps, 1)]
+    for i, k in last_read.items():
+        if i not in held:
+            released.setdefault(k, []).append(i)
+    calls = [c._replace(released=tuple(released.get(k, ()))) for k, c in enumerate(calls)]
+    return _Program(calls, output, kept)

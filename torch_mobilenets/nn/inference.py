@@ -3,7 +3,7 @@
 Eager `forward` already folds Keras' stride-2 padding into the convolutions, runs the graph
 channels-last on the CPU and writes layers into their inputs where it can (see `graph._plan`).
 For inference only, this also folds every BatchNormalization and activation into the convolution
-before it, keeps the kernels packed for oneDNN, runs small 1x1 convolutions as matrix products,
+before it, keeps the kernels packed for oneDNN, runs 1x1 convolutions as matrix products,
 stores weights channels-last, and optionally compiles. The copy computes the same function to
 float32 round-off; the model given is untouched.
 """
@@ -11,6 +11,7 @@ float32 round-off; the model given is untouched.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, cast
 
 import torch
@@ -19,15 +20,21 @@ from torch import nn
 from .graph import KerasModel
 from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish, ReLU, ReLU6
 
-# oneDNN's fused convolution, which PyTorch itself runs for compiled models on the CPU
-# (Inductor); here it is called eagerly. A build without oneDNN keeps the plain layers.
-_ONEDNN = (
-    torch.backends.mkldnn.is_available()
-    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    and hasattr(torch.ops.mkldnn, "_reorder_convolution_weight")
+# oneDNN's fused convolution and matrix product, which PyTorch itself runs for compiled models on
+# the CPU (Inductor); here they are called eagerly. A build without oneDNN keeps the plain layers.
+_ONEDNN = torch.backends.mkldnn.is_available() and all(
+    hasattr(torch.ops.mkldnn, op)
+    for op in (
+        "_convolution_pointwise",
+        "_reorder_convolution_weight",
+        "_linear_pointwise",
+        "_reorder_linear_weight",
+    )
 )
-# The overload itself: resolving it from the packet costs ~10 us a call.
+# The overloads themselves: resolving one from its packet costs ~10 us a call.
 _CONVOLUTION_POINTWISE: Any = torch.ops.mkldnn._convolution_pointwise.default if _ONEDNN else None
+_LINEAR_POINTWISE: Any = torch.ops.mkldnn._linear_pointwise.default if _ONEDNN else None
+_CHANNELS_LAST = torch.channels_last
 # Our activations as oneDNN post-ops: (name, its scalars).
 ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
     ReLU: ("relu", []),
@@ -52,16 +59,20 @@ class FusedConv2d(Conv2d):
     more than the convolution itself). Elsewhere (a GPU, autograd, tracing, compiling, another
     dtype) it runs as the plain convolution followed by the activation.
 
-    A small 1x1 convolution runs instead as one matrix product on the channels-last rows,
-    `torch.addmm`, and then its activation in place: oneDNN remakes the convolution's
-    descriptor on every call, a fixed ~35 us that dominates the small maps of a batch of one
-    (54 convolutions in MobileNetV3Small)."""
+    A 1x1 convolution on channels-last input is a matrix product of its rows (one per pixel)
+    and the (in, out) kernel, and runs as one: oneDNN remakes a convolution's descriptor on
+    every call, a fixed ~30 us that dominates the small maps of a batch of one (54 of them in
+    MobileNetV3Small). With little work it is `torch.addmm` and then the activation in place;
+    with more, oneDNN's matrix product, activation fused and kernel packed like the
+    convolution's: it took 0.72 to 1.04 of the convolution's time on 1x1 layers of the four
+    families (batch 1 to 32, 2 threads)."""
 
     PACKED_SHAPES = 4
-    # Below this many multiply-adds per call the product is the faster (measured on every 1x1
-    # layer of the four families at batch 1 and 8, 2 threads: it won 142 of the 149 calls below,
-    # taking 0.2x to 0.8x of oneDNN's time, and 49 of the 127 above).
-    MATMUL_MAX_MACS = 2**23
+    # Below this many multiply-adds per call torch.addmm is the faster product. Measured on the
+    # 276 calls of 1x1 layers in the four families at batch 1 and 8, 2 threads: addmm won 79 of
+    # the 88 below, oneDNN's product 177 of the 188 above; any bound from 2**18 to 2**22 gave
+    # the same total time within 0.3%.
+    ADDMM_MAX_MACS = 2**21
 
     def __init__(self, conv: Conv2d, activation: nn.Module | None):
         with torch.device("meta"):  # the parameters are conv's own
@@ -83,7 +94,7 @@ class FusedConv2d(Conv2d):
         self._stride_list, self._dilation_list = list(self.stride), list(self.dilation)
         one_by_one = self.kernel_size == self.stride == (1, 1) and self.padding == (0, 0)
         self._is_pointwise = one_by_one and self.groups == 1
-        # (input shape, padding) -> (weight's version, (oneDNN kernel, its padding))
+        # (input shape, padding or None for the product) -> (weight's version, oneDNN's kernel)
         self._packed: dict = {}
         self._matrix: tuple[int, torch.Tensor] | None = None  # (weight's address, the view)
 
@@ -91,13 +102,14 @@ class FusedConv2d(Conv2d):
         if not self._onednn_applies(x):
             out = super().forward(x, pad)
             return out if self.activation is None else self.activation.forward_inplace(out)
-        if pad is None and self._is_pointwise and self._matmul_applies(x):
-            return self._forward_matmul(x)
+        product = self.product(x) if pad is None else None
+        if product is not None:
+            return self._forward_product(x, product)
         if pad is None and self._dynamic_same:
             pad = self.same_padding(x)
         if pad is None:
             pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
-        kernel, padding = self._packed_kernel(x, pad)
+        kernel, padding = self._packed_kernel((tuple(x.shape), pad), lambda: self._pack(x, pad))
         return _CONVOLUTION_POINTWISE(
             x,
             kernel,
@@ -111,20 +123,34 @@ class FusedConv2d(Conv2d):
             None,
         )
 
-    def _matmul_applies(self, x: torch.Tensor) -> bool:
+    def product(self, x: torch.Tensor) -> str | None:
+        """How a call on `x` runs where oneDNN applies: "addmm", "onednn" (its matrix product)
+        or None (the convolution)."""
+        if not (self._is_pointwise and x.is_contiguous(memory_format=_CHANNELS_LAST)):
+            return None
         n, _, height, width = x.shape
         macs = n * height * width * self.in_channels * self.out_channels
-        return macs < self.MATMUL_MAX_MACS and x.is_contiguous(memory_format=torch.channels_last)
+        return "addmm" if macs < self.ADDMM_MAX_MACS else "onednn"
 
-    def _forward_matmul(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_product(self, x: torch.Tensor, product: str) -> torch.Tensor:
         # Each tensor op costs a few microseconds however small: one view in and one out, each
         # a single as_strided over x's and the product's channels-last memory.
         n, channels, height, width = x.shape
         rows = x.as_strided((n * height * width, channels), (channels, 1), x.storage_offset())
-        kernel = self._matmul_kernel()
-        out = torch.addmm(self.bias, rows, kernel) if self.bias is not None else rows @ kernel
-        if self.activation is not None:
-            self.activation.forward_inplace(out)
+        bias, activation = self.bias, self.activation
+        if product == "addmm":
+            kernel = self._matmul_kernel()
+            out = torch.addmm(bias, rows, kernel) if bias is not None else rows @ kernel
+            if activation is not None:
+                activation.forward_inplace(out)
+        else:
+            packed = self._packed_kernel(
+                (tuple(x.shape), None),
+                lambda: torch.ops.mkldnn._reorder_linear_weight(
+                    self.weight.reshape(self.out_channels, self.in_channels), len(rows)
+                ),
+            )
+            out = _LINEAR_POINTWISE(rows, packed, bias, self.post_op, self.post_op_scalars, None)
         c = self.out_channels
         return out.as_strided((n, c, height, width), (height * width * c, 1, width * c, c))
 
@@ -137,37 +163,42 @@ class FusedConv2d(Conv2d):
         return self._matrix[1]
 
     def _onednn_applies(self, x: torch.Tensor) -> bool:
+        weight = self.weight  # a parameter: each read goes through nn.Module.__getattr__
         return (  # checked on every call, so the cheapest tests first
             x.is_cpu
-            and self.weight.is_cpu
+            and weight.is_cpu
             and x.dtype is torch.float32
-            and self.weight.dtype is torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
+            and weight.dtype is torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
         )
 
-    def _packed_kernel(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, list]:
+    def _packed_kernel(self, key: tuple, pack: Callable[[], Any]) -> Any:
         # oneDNN picks the kernel's layout for one input shape; run on another, it reorders the
         # kernel on every call, slower than no packing at all. So one kernel per input shape,
         # the last few kept; each made again when the weight changes in place (its version) or
-        # is replaced (its data).
-        key, version = (tuple(x.shape), pad), (self.weight._version, self.weight.data_ptr())
+        # is replaced (its data). An inference tensor keeps no version: packed on every call.
+        weight = self.weight
+        version = None if weight.is_inference() else (weight._version, weight.data_ptr())
         cached = self._packed.pop(key, None)
-        if cached is None or cached[0] != version:
-            weight, padding = self.padded_kernel(pad)
-            kernel = torch.ops.mkldnn._reorder_convolution_weight(
-                weight.contiguous(),
-                list(padding),
-                list(self.stride),
-                list(self.dilation),
-                self.groups,
-                list(x.shape),
-            )
-            cached = (version, (kernel, list(padding)))
+        if cached is None or version is None or cached[0] != version:
+            cached = (version, pack())
         self._packed[key] = cached  # most recently used last
         if len(self._packed) > self.PACKED_SHAPES:
             del self._packed[next(iter(self._packed))]
         return cached[1]
+
+    def _pack(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, list]:
+        weight, padding = self.padded_kernel(pad)
+        kernel = torch.ops.mkldnn._reorder_convolution_weight(
+            weight.contiguous(),
+            list(padding),
+            list(self.stride),
+            list(self.dilation),
+            self.groups,
+            list(x.shape),
+        )
+        return kernel, list(padding)
 
     def __getstate__(self):  # oneDNN kernels can be neither copied nor pickled: made again
         return {**self.__dict__, "_packed": {}, "_matrix": None}
@@ -227,9 +258,9 @@ def optimize_for_inference(
 ) -> nn.Module:
     """A copy of `model` for inference: BatchNorm folded, in eval mode, without gradients, and
     on the CPU each convolution run by oneDNN with its kernel packed once and its activation
-    applied in the same pass, or, if it is a small 1x1 convolution, as one matrix product
-    (`FusedConv2d`). A layer's output in this copy (`forward_layers`)
-    is that of the last layer folded into it.
+    applied in the same pass, or, if it is a 1x1 convolution, as one matrix product
+    (`FusedConv2d`). A layer's output in this copy (`forward_layers`) is that of the last layer
+    folded into it.
 
     `channels_last` stores the convolution weights channels-last (call it on channels-last input
     to save the copy of the input: `x.to(memory_format=torch.channels_last)`); `compile` wraps
