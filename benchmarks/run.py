@@ -45,7 +45,7 @@ Finally, converting an official-size file and loading its safetensors, with peak
 `--tuned-malloc` runs the same with glibc keeping freed memory for reuse (written to
 results-tuned-malloc.md): by default glibc hands large freed blocks back to the system, and every
 fresh activation then costs a page fault per 4 KiB page, which at batch 8 and more can take
-longer than the arithmetic.
+longer than the arithmetic. `torch_mobilenets.keep_freed_memory()` sets the same from Python.
 """
 
 from __future__ import annotations
