@@ -293,9 +293,6 @@ class How(enum.Enum):
     INPLACE_NOGRAD = "inplace_nograd"  # the same, but only when no gradient is being recorded
 
 
-_IN_PLACE = (How.INPLACE, How.INPLACE_NOGRAD)
-
-
 class _Step(NamedTuple):
     name: str
     inputs: tuple  # nodes read
