@@ -302,7 +302,8 @@ def keep_freed_memory() -> bool:
     ONNX Runtime and TensorFlow keep their own memory pools; this is the glibc equivalent for
     PyTorch. Call it once, before the work: the same as starting Python with
     MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647.
-    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl).
+    Returns False, changing nothing, where the C library is not glibc (macOS, Windows, musl),
+    and False if glibc refused a setting.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -311,4 +312,6 @@ def keep_freed_memory() -> bool:
     # gnu_get_libc_version is glibc's own: musl has a mallopt that does nothing
     if not (hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt")):
         return False
-    return all(libc.mallopt(option, value) == 1 for option, value in KEPT_MEMORY_SETTINGS.items())
+    # every setting tried, none skipped by a short circuit: True only when glibc took them all
+    taken = [libc.mallopt(option, value) == 1 for option, value in KEPT_MEMORY_SETTINGS.items()]
+    return all(taken)
