@@ -11,8 +11,9 @@ eager model exported by `torch.onnx.export(dynamo=True)` at the batch's static s
 Runtime and by OpenVINO (benchmarks/deploy.py's runners: ONNX Runtime without spinning threads,
 OpenVINO in float32 and unpinned); our eager model `torch.compile`d with Inductor's freezing,
 which folds the weights into the graph as constants (switched on around the compile only, see
-compiled_with_freezing; `--no-compile-cpu` leaves it out: each compile takes tens of seconds);
-and Keras on its PyTorch backend (`--no-keras-torch` leaves it out).
+compiled_with_freezing), and `optimize_for_inference(compile=True)` (`--no-compile-cpu` leaves
+both out: each compile takes tens of seconds); and Keras on its PyTorch backend
+(`--no-keras-torch` leaves it out).
 
 How it is fair: the process is pinned to `--threads` cores and every framework uses that many
 threads. Within a round the PyTorch contenders (the compiled model too) take turns call by
@@ -100,6 +101,9 @@ COMPILED, ONNXRUNTIME, OPENVINO, KERAS_TORCH = (
 # The optimized copy without its private oneDNN op (`fuse=False`): BatchNorm folded, weights
 # channels-last, every layer a public PyTorch one. optimized / this is what the op buys.
 FOLDED = "ours folded (public ops)"
+# `optimize_for_inference(compile=True)`: the public-ops copy compiled by Inductor with the C++
+# wrapper (`inference.COMPILE_OPTIONS`).
+OURS_COMPILED = "ours compiled (compile=True)"
 # max |difference| / max(1, max |ours eager|), the parity tests' measure and tolerance: past it a
 # contender computes something else, and its time means nothing.
 TOLERANCE = 1e-4
@@ -212,10 +216,16 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     peer_timm = calibrate(timm.create_model(timm_name, pretrained=False))
     runs[TIMM] = lambda: peer_timm(x)
     if compile_cpu:
+        # Each compile for this batch alone: after a compile at another shape Dynamo would
+        # compile a graph for any batch size.
+        torch._dynamo.reset()
         compiled = compiled_with_freezing(eager, x)
+        ours_compiled = tm.optimize_for_inference(eager, compile=True)
         with torch.inference_mode():
             checked(COMPILED, compiled(x), reference)
+            errors[OURS_COMPILED] = checked(OURS_COMPILED, ours_compiled(x_last), reference)
         runs[COMPILED] = lambda: compiled(x)
+        runs[OURS_COMPILED] = lambda: ours_compiled(x_last)
 
     onnx_file = deploy.export_onnx(eager, x, False, workdir / family / f"{batch}.onnx", True)
     onnxruntime = deploy.onnxruntime_runner(onnx_file, threads)
@@ -261,11 +271,15 @@ def time_family(family, batch, rounds, workdir, threads, compile_cpu, keras_torc
             family, weights, keras_input, threads, calls * rounds, workdir / family
         )
         checked(KERAS_TORCH, torch.from_numpy(output), reference)
-    pairs = {"eager / torchvision": (EAGER, TORCHVISION), "optimized / folded": (OPTIMIZED, FOLDED)}
+    pairs = {
+        "eager / torchvision": (EAGER, TORCHVISION),
+        "optimized / folded": (OPTIMIZED, FOLDED),
+        "ours compiled / optimized": (OURS_COMPILED, OPTIMIZED),
+    }
     paired = {
         ratio: statistics.median(a / b for a, b in zip(samples[top], samples[bottom]))
         for ratio, (top, bottom) in pairs.items()
-        if bottom in samples
+        if top in samples and bottom in samples
     }
     return times, paired, errors
 
@@ -570,7 +584,10 @@ def markdown(
         + ". onnxruntime and openvino run our `torch.onnx.export(dynamo=True)` export at the "
         "batch's static shape (ONNX Runtime without spinning threads, OpenVINO in float32, "
         "unpinned); compiled (freezing): `torch.compile` of our eager model with Inductor's "
-        "freezing, taking turns with the other PyTorch contenders; keras (torch backend): in a "
+        "freezing, taking turns with the other PyTorch contenders; ours compiled (compile=True): "
+        "`optimize_for_inference(compile=True)`, Inductor with the C++ wrapper on the public-ops "
+        "copy, taking turns too, ours compiled / optimized the median of the paired ratios; "
+        "keras (torch backend): in a "
         "process of its own, not paired call by call; ours folded (public ops): the optimized "
         "copy without its private oneDNN op (BatchNorm folded, channels-last, plain PyTorch "
         "layers), taking turns with the others, optimized / folded the median of the paired "
@@ -598,6 +615,9 @@ def markdown(
             "openvino error",
             FOLDED,
             "optimized / folded",
+            OURS_COMPILED,
+            "ours compiled / optimized",
+            "ours compiled / onnxruntime",
         ],
         [
             [
@@ -620,6 +640,9 @@ def markdown(
                 f"{errors[OPENVINO]:.1e}",
                 ms(times[FOLDED]),
                 f"{paired['optimized / folded']:.2f}",
+                ms(times.get(OURS_COMPILED)),
+                ms(paired.get("ours compiled / optimized")),
+                ms(times[OURS_COMPILED] / times[ONNXRUNTIME] if OURS_COMPILED in times else None),
             ]
             for (family, batch), (times, paired, errors) in results.items()
         ],

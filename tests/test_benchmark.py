@@ -108,6 +108,9 @@ def test_benchmark_script_writes_every_table(tmp_path):
             assert float(row[column]) < 1e-4, column
         # left out by the flags
         assert row["compiled (freezing)"] == "-" and row["keras (torch backend)"] == "-"
+        compiled = ("ours compiled (compile=True)", "ours compiled / optimized")
+        assert [row[column] for column in compiled] == ["-", "-"]
+        assert row["ours compiled / onnxruntime"] == "-"
         if family == "mobilenet":  # torchvision has no MobileNet V1
             assert row["torchvision eager"] == "-" and row["eager / torchvision"] == "-"
         else:

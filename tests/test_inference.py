@@ -51,6 +51,29 @@ def test_optimized_copy_computes_the_same_function(builder, kwargs):
         torch.testing.assert_close(public(x), fast(x), rtol=1e-4, atol=1e-4)
 
 
+def test_compiled_copy_computes_the_same_function():
+    """compile=True: the public-ops copy compiled with Inductor's COMPILE_OPTIONS, at the default
+    224x224 on channels-last input under inference_mode, then at another size (a second
+    compile) on NCHW input under no_grad."""
+    # V1, the smallest graph: each compile takes tens of seconds on two cores
+    model = trained_like(tm.MobileNet(weights=None, alpha=0.25, include_top=False, pooling="avg"))
+    fast = tm.optimize_for_inference(model, compile=True)
+    assert isinstance(fast, torch._dynamo.eval_frame.OptimizedModule)
+    assert not any(isinstance(m, FusedConv2d) for m in fast.modules())
+    assert sum(isinstance(m, FoldedAway) for m in fast.modules()) > 10
+    channels_last = torch.channels_last
+    cases = [((224, 224), channels_last, torch.inference_mode), ((161, 225), None, torch.no_grad)]
+    for (height, width), layout, mode in cases:
+        x = torch.rand(2, 3, height, width) * 2 - 1
+        with torch.no_grad():
+            expected = model(x)
+        with mode():
+            got = fast(x.contiguous(memory_format=layout) if layout else x)
+        assert got.shape == expected.shape == (2, 256)
+        error = ((got - expected).abs().max() / max(1.0, expected.abs().max())).item()
+        assert error <= PARITY_TOLERANCE, f"{height}x{width}: relative error {error:.2e}"
+
+
 needs_onednn = pytest.mark.skipif(not inference._ONEDNN, reason="PyTorch built without oneDNN")
 
 
