@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet -e ".[test,lint]"
+	# Keras 2, the writer of most users' files: its metadata asks for the full tensorflow,
+	# which tensorflow-cpu already is.
+	$(PY) -m pip install --quiet --no-deps tf-keras==2.21.0
 	touch $(STAMP)
 
 $(CORE_STAMP): pyproject.toml Makefile

@@ -6,6 +6,7 @@ import helpers
 import pytest
 import torch
 import torch._dynamo
+import user_models
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +31,10 @@ def pytest_collection_modifyitems(items):
     """Tests that read Keras-written files (the `weights_file` fixture) are marked `keras` too;
     tests marked `keras` skip, with the reason, where Keras is not installed."""
     skip = pytest.mark.skip(reason=helpers.KERAS_REASON)
+    skip_tf_keras = pytest.mark.skip(reason=user_models.TF_KERAS_REASON)
     for item in items:
+        if "tf_keras" in item.keywords and not user_models.HAVE_TF_KERAS:
+            item.add_marker(skip_tf_keras)
         if "weights_file" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.keras)
         if "keras" in item.keywords and not helpers.HAVE_KERAS:

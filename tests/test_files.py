@@ -51,8 +51,14 @@ def convert_and_check(family, kwargs, path, tmp_path, size):
     keras = keras_model(family, **kwargs)
     out = tmp_path / "converted.safetensors"
     config = conversion.convert(path, out)
-    architecture = {k: v for k, v in config.items() if k != "input_shape"}
+    # Saved models also record the builder arguments their weights cannot show.
+    options = ("input_shape", "classifier_activation", "pooling", "include_preprocessing")
+    architecture = {k: v for k, v in config.items() if k not in options}
     assert architecture == expected_config(family, kwargs)
+    if path.name.endswith((".keras", ".full.h5")):
+        for option in options[1:]:
+            if option in kwargs:
+                assert config.get(option) == kwargs[option], option
     for weights in (out, path):
         ours = tm.FAMILIES[family](weights=weights, **torch_kwargs(kwargs))
         assert_parity(family, keras, ours, *size, case=f"{family} from {path.name}")

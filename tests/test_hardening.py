@@ -706,12 +706,16 @@ def _rezip(path, edit_config):
 
 def test_the_saved_input_shape_is_checked(copy_of, out_dir):
     src = copy_of("keras_zip")
+    # The model is built from its config: a config that is not one is refused, naming the layer.
     _rezip(src, lambda spec: spec.update(batch_shape=[None, "96", True, 3]))
-    config = conversion.convert(src, out_dir / "a.safetensors")  # not sizes: not taken
-    assert "input_shape" not in config
-    _rezip(src, lambda spec: spec.update(batch_shape=[None, 8, 8, 3]))
-    with pytest.raises(WeightsFileError, match=r"shape \[3, 8, 8\], which mobilenet_v2 refuses"):
+    with pytest.raises(WeightsFileError, match=r"layer 'input_layer.*input size '96'"):
+        conversion.convert(src, out_dir / "a.safetensors")
+    _rezip(src, lambda spec: spec.update(batch_shape=[None, 2, 2, 3]))
+    with pytest.raises(
+        WeightsFileError, match=r"layer 'block_1_depthwise' \(DepthwiseConv2D\): .*too small"
+    ):
         conversion.convert(src, out_dir / "b.safetensors")
+    assert not list(out_dir.iterdir())
 
 
 def test_a_preset_names_only_files_inside_it(copy_of, tmp_path):

@@ -9,7 +9,7 @@ modules -> `cli` (the command line).
 
 from . import conversion, mobilenet_v1, mobilenet_v2, mobilenet_v3
 from ._version import __version__
-from .keras_io import WeightsFileError, load_weights, save_checkpoint
+from .keras_io import WeightsFileError, load_model, load_weights, save_checkpoint
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small
@@ -48,6 +48,7 @@ __all__ = [
     "conversion",
     "keep_freed_memory",
     "list_weights",
+    "load_model",
     "load_weights",
     "mobilenet_v1",
     "mobilenet_v2",

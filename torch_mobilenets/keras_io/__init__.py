@@ -5,6 +5,7 @@ and loading (`checkpoints`), and the legacy Keras `.h5` writer (`writer`)."""
 from .checkpoints import (
     METADATA_KEY,
     convert,
+    load_model,
     load_weights,
     read_safetensors,
     save_checkpoint,
@@ -22,6 +23,7 @@ __all__ = [
     "describe_config",
     "file_config",
     "infer_config",
+    "load_model",
     "load_weights",
     "read",
     "read_safetensors",

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from .._version import __version__
 from ..models import FAMILIES
 from ..nn.graph import KerasModel
+from . import config as model_config
 from . import reader
 from .atomic import atomic_write, check_output_directory
 from .pairing import (
@@ -29,6 +30,7 @@ from .pairing import (
     file_config,
     keras_state_dict,
     read,
+    weighted_layers,
     what_the_file_holds,
 )
 from .reader import WeightsFileError, check_input_file, nonfinite, one_line, reading
@@ -45,12 +47,23 @@ def sha256(path) -> str:
 
 
 def convert(
-    src, dst, *, allow_nonfinite: bool = False, skip_extra_layers: bool = False, **known
+    src,
+    dst,
+    *,
+    allow_nonfinite: bool = False,
+    skip_extra_layers: bool = False,
+    model_config_json=None,
+    **known,
 ) -> dict:
     """Convert a Keras weights file to a safetensors checkpoint; returns its config.
 
-    `known` fixes parts of the architecture (family, alpha, depth_multiplier, minimalistic,
-    include_top, classes) where the file cannot tell them apart; the rest is inferred.
+    A file that carries its model config (a `.keras` archive, a full-model `.h5`), or whose
+    config is given as `model_config_json` (`model.to_json()`), is converted as that model:
+    the checkpoint records its graph (`load_model` rebuilds it), unless it is exactly an
+    official architecture, which is recorded as the builder's arguments, as for weights-only
+    files. For those, `known` fixes parts of the architecture (family, alpha,
+    depth_multiplier, minimalistic, include_top, classes) where the file cannot tell them
+    apart; the rest is inferred.
     A file that cannot be read or fits no model raises WeightsFileError (NaN or Inf too, unless
     `allow_nonfinite`), and so does a legacy file holding layers after those of the model it
     fits (a pre-2021 V3 `_no_top.h5`), unless `skip_extra_layers`: then they are left out, with
@@ -61,8 +74,15 @@ def convert(
     src, dst = Path(src), Path(dst)
     check_output_directory(dst)  # before the work, not after it
     keras_file = read(src, allow_nonfinite)
-    config = file_config(keras_file, skip_extra_layers, **known)
-    state, skipped = keras_state_dict(keras_file, build(config, "meta"), skip_extra_layers)
+    spec = file_spec(keras_file, model_config_json)
+    skipped: list = []
+    official = official_config(keras_file, spec) if spec is not None else None
+    if spec is not None and official is None:  # the user's own graph
+        config: dict = {"family": model_config.SPEC_FAMILY, "spec": spec.to_json()}
+        state = spec_model_state(keras_file, spec)[1]
+    else:
+        config = official or file_config(keras_file, skip_extra_layers, **known)
+        state, skipped = keras_state_dict(keras_file, build(config, "meta"), skip_extra_layers)
     recorded = {
         "config": config,
         "source_file": src.name,
@@ -78,6 +98,142 @@ def convert(
     metadata = {METADATA_KEY: json.dumps(recorded, sort_keys=True)}
     atomic_write(dst, lambda tmp: save_file(state, tmp, metadata))
     return config
+
+
+def file_spec(keras_file, raw=None) -> model_config.Spec | None:
+    """The spec of the model config a file carries (a `.keras` archive, a full-model `.h5`),
+    or of `raw` (`model.to_json()`: a JSON string, a dict or a path to a JSON file); None for
+    a weights-only file, or a KerasCV preset, whose config is no Keras model."""
+    if raw is None:
+        raw = keras_file.model_config
+        if not model_config.is_model_config(raw):
+            return None
+    elif isinstance(raw, str | Path) and not str(raw).lstrip().startswith("{"):
+        path = Path(raw)
+        with reading(path):
+            reader.check_input_file(path, reader.MAX_JSON_BYTES)
+            raw = json.loads(path.read_bytes())
+    elif isinstance(raw, str):
+        with reading(keras_file.path, what="the model config given is not JSON"):
+            raw = json.loads(raw)
+    try:
+        spec = model_config.model_spec(raw)
+        model_config.check_sizes(model_config.build_model(spec, "meta"), "the model config")
+    except WeightsFileError as error:
+        raise type(error)(f"{keras_file.path}: {error}") from None
+    return spec
+
+
+def spec_model_state(keras_file, spec: model_config.Spec) -> tuple[KerasModel, dict]:
+    """The model a spec describes, on the meta device, and its state from the file."""
+    model = model_config.build_model(spec, "meta")
+    return model, model_config.spec_state_dict(keras_file, model, spec)
+
+
+def official_config(keras_file, spec: model_config.Spec) -> dict | None:
+    """The builder arguments of the official architecture the file's config is exactly, if it
+    is one (a `keras.applications` model saved whole): the same weighted layers under the same
+    names, as many dropout layers, nothing frozen, and the same outputs for two inputs with
+    the file's weights. Anything else, a user's head on an inlined base above all, is built from
+    its config."""
+    spec_model, spec_state = spec_model_state(keras_file, spec)
+    leaves = model_config.weighted_leaves(spec_model)
+    if any(len(path) > 1 for path, _, _ in leaves) or not _all_trainable(spec):
+        return None
+    try:
+        inferred = file_config(keras_file)
+        state, skipped = keras_state_dict(keras_file, build(inferred, "meta"))
+    except (WeightsFileError, ValueError, TypeError):
+        return None
+    for config in _builder_options(inferred):
+        official = build(config, "meta")
+        if skipped or [n for n, _ in weighted_layers(official)] != [p[0] for p, _, _ in leaves]:
+            return None
+        if _dropouts(official) == _dropouts(spec_model) and _same_function(
+            official, dict(state), spec_model, spec_state
+        ):
+            return config
+    return None
+
+
+def _builder_options(config: dict) -> list:
+    """The inferred architecture with each choice of the builder arguments that weights do
+    not show: the top's activation, the pooling without it, V3's preprocessing."""
+    options: list[dict] = [{}]
+    if config.get("include_top", True):
+        options += [{"classifier_activation": None}]
+    else:
+        options += [{"pooling": "avg"}, {"pooling": "max"}]
+    if config["family"].startswith("mobilenet_v3"):
+        options += [dict(o, include_preprocessing=False) for o in options]
+    return [{**config, **option} for option in options]
+
+
+def _all_trainable(spec: model_config.Spec) -> bool:
+    return spec.trainable and all(layer.trainable for layer in spec.layers)
+
+
+def _dropouts(model: KerasModel) -> int:
+    return sum(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def _same_function(a: KerasModel, a_state: dict, b: KerasModel, b_state: dict) -> bool:
+    a.load_state_dict(a_state, assign=True)
+    b.load_state_dict(b_state, assign=True)
+    _, height, width = a.input_shape
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, height or 64, width or 64, generator=generator) * 2 - 1
+    with torch.no_grad():
+        got_a, got_b = a.eval()(x), b.eval()(x)
+    if not isinstance(got_a, torch.Tensor) or not isinstance(got_b, torch.Tensor):
+        return False
+    if got_a.shape != got_b.shape:
+        return False
+    scale = max(1.0, float(got_a.abs().max()))
+    return float((got_a - got_b).abs().max()) <= 1e-5 * scale
+
+
+def load_model(
+    path, *, config=None, allow_nonfinite: bool = False, skip_extra_layers: bool = False
+) -> KerasModel:
+    """Any Keras model built around a MobileNet, as a `KerasModel` in eval mode.
+
+    `path` is a `.keras` archive, a full-model `.h5` (Keras 2 or 3), a weights file with the
+    model's JSON given as `config` (`model.to_json()`: a string, a dict or a path), a
+    weights-only file of an official architecture (inferred as `convert` infers it), or a
+    checkpoint this project wrote (`convert`, `save_checkpoint`). In eval mode the model
+    computes what `keras_model(x, training=False)` does, on NCHW input; several outputs come as
+    a tuple in Keras' order. What Keras froze (`trainable=False`) is frozen. A config we
+    cannot compute exactly (a `Lambda`, a custom class, a layer we do not have) is refused
+    with a WeightsFileError naming the layer; nothing from the file is ever run.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state, recorded = read_safetensors(path, allow_nonfinite)
+        if recorded is None:
+            raise WeightsFileError(
+                f"{path}: a safetensors file without this project's config: build the model "
+                "with its constructor and load_weights(model, path) instead"
+            )
+        with reading(path, what="the recorded model cannot be built"):
+            model = build(recorded)
+        _check_state(path, state, model, recorded)
+        model.load_state_dict(state)
+        return model.eval()
+    keras_file = read(path, allow_nonfinite)
+    spec = file_spec(keras_file, config)
+    if spec is None:
+        recorded = file_config(keras_file, skip_extra_layers)
+        model = build(recorded)
+        state, skipped = keras_state_dict(keras_file, model, skip_extra_layers)
+        if skipped:
+            _warn_skipped(keras_file, recorded, skipped)
+    else:
+        model = model_config.build_model(spec)
+        state = model_config.spec_state_dict(keras_file, model, spec)
+    _check_state(path, state, model, None)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def _warn_skipped(keras_file, config: dict, skipped: list) -> None:
@@ -187,6 +343,8 @@ def _metadata_config(path: Path, metadata: dict) -> dict | None:
 
 
 def _valid_config(config) -> bool:
+    if isinstance(config, dict) and config.get("family") == model_config.SPEC_FAMILY:
+        return isinstance(config.get("spec"), dict)  # checked when it is built
     if (
         not isinstance(config, dict)
         or not isinstance(config.get("family"), str)

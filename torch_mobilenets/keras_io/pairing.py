@@ -20,6 +20,7 @@ from ..models import FAMILIES
 from ..models.official import V3_MODELS, v3_file_name
 from ..nn.graph import KerasModel
 from ..nn.layers import WEIGHTED_LAYERS
+from . import config as model_config
 from .reader import FileLayer, KerasFile, WeightsFileError, read_keras_file
 
 # The config entries that decide the weights' shapes; the rest (input size, pooling, dropout,
@@ -252,6 +253,9 @@ def what_the_file_holds(keras_file: KerasFile, model: KerasModel) -> str:
 
 
 def describe_config(config: dict) -> str:
+    if config.get("family") == model_config.SPEC_FAMILY:
+        spec = config.get("spec") or {}
+        return f"Keras model {spec.get('name')!r} ({len(spec.get('layers', ()))} layers)"
     parts = [
         f"{k}={config[k]!r}"
         for k in ARCHITECTURE_KEYS[1:]
@@ -267,7 +271,12 @@ def _architecture(config: dict) -> dict:
 
 
 def build(config: dict, device=None) -> KerasModel:
-    """Build the model a config describes (random weights), optionally on the meta device."""
+    """Build the model a config describes (random weights), optionally on the meta device:
+    a builder's arguments, or a user's model as `config.model_spec` reads it."""
+    if config.get("family") == model_config.SPEC_FAMILY:
+        spec = model_config.spec_from_json(config.get("spec"))
+        model_config.check_sizes(model_config.build_model(spec, "meta"), f"model {spec.name!r}")
+        return model_config.build_model(spec, device)
     config = dict(config)
     builder = FAMILIES[config.pop("family")]
     accepted = inspect.signature(builder).parameters

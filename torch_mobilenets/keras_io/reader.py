@@ -67,7 +67,10 @@ MAX_FILE_BYTES = 2 << 30  # a file, a `.keras` entry, and all tensors read from 
 MAX_TENSOR_BYTES = 256 << 20  # one tensor or one HDF5 chunk
 MAX_JSON_BYTES = 64 << 20  # config.json, model_config
 MAX_LAYERS = 4096  # names in layer_names, groups under layers/ (V3 Large has about 270)
-MAX_VARIABLES = 64  # per layer, nested layers included (KerasCV's squeeze-excite has 4)
+MAX_VARIABLES = 64  # per layer (KerasCV's squeeze-excite has 4, nested layers included)
+# A model nested in another is one layer of it, holding all its layers' variables (a
+# MobileNetV2 base has 260).
+MAX_MODEL_VARIABLES = 8 * MAX_LAYERS
 MAX_NESTING = 8  # layers within layers in Keras 3 files
 # Filters that cannot make data larger than it is stored: checksums and byte shuffling.
 _HARMLESS_FILTERS = {h5py.h5z.FILTER_FLETCHER32, h5py.h5z.FILTER_SHUFFLE}
@@ -108,6 +111,11 @@ class FileLayer:
     classes: frozenset
     arrays: list
     variables: list = field(default_factory=list)
+    # Legacy files: each array's name as written (`block_1_expand/kernel:0`), which for a
+    # nested model says which of its layers the array belongs to. Keras 3 files: the group
+    # (`functional`, `dense_1`), nested layers' arrays named `layers/<group>/<i>` within it.
+    weight_names: list = field(default_factory=list)
+    group: str = ""
 
     def describe(self) -> str:
         return (
@@ -129,7 +137,9 @@ class KerasFile:
 
 def snake_case(class_name: str) -> str:
     """Keras 3's group name for a layer class: `DepthwiseConv2D` -> `depthwise_conv2d`."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])|(?<=[a-z])(?=[A-Z])", "_", class_name)
+    # A word starts at a capital followed by a small letter, or after a small letter
+    # (`PReLU` -> `p_re_lu`, as Keras 3 names it).
+    words = re.sub(r"(?<=.)(?=[A-Z][a-z])|(?<=[a-z])(?=[A-Z])", "_", class_name)
     return words.lower()
 
 
@@ -462,7 +472,7 @@ class _HDF5Reader:
                 raise self.error(
                     f"layer {layer_name!r} is listed in 'layer_names' but has no group"
                 )
-            weight_names = self.list_attr(layer_group, "weight_names", MAX_VARIABLES)
+            weight_names = self.list_attr(layer_group, "weight_names", MAX_MODEL_VARIABLES)
             if not weight_names:
                 continue
             arrays = []
@@ -479,7 +489,8 @@ class _HDF5Reader:
                 classes = frozenset(c for c in self.known_classes if _names_class(layer_name, c))
             else:
                 classes = _classes_from_variables(variables, arrays)
-            layers.append(FileLayer(layer_name, classes, arrays, variables))
+            raw = [w.removesuffix(":0") for w in weight_names]
+            layers.append(FileLayer(layer_name, classes, arrays, variables, raw))
         return layers
 
     def keras3(self, layers_group: h5py.Group) -> list:
@@ -504,7 +515,8 @@ class _HDF5Reader:
             if isinstance(vars_group, h5py.Group):
                 name = self.scalar_string(vars_group, "name") or group_name
             classes = frozenset({by_group[class_group]}) if class_group in by_group else frozenset()
-            found.append((class_group, index, FileLayer(name, classes, arrays, variables)))
+            layer = FileLayer(name, classes, arrays, variables, group=group_name)
+            found.append((class_group, index, layer))
         found.sort(key=lambda item: (item[0], item[1]))
         return [layer for _, _, layer in found]
 
@@ -538,8 +550,8 @@ class _HDF5Reader:
                 )
                 names += child_names
                 arrays += child_arrays
-                if len(arrays) > MAX_VARIABLES:
-                    raise self.error(f"layer {layer_name!r}: over {MAX_VARIABLES} variables")
+                if len(arrays) > MAX_MODEL_VARIABLES:
+                    raise self.error(f"layer {layer_name!r}: over {MAX_MODEL_VARIABLES} variables")
         return names, arrays
 
 

@@ -19,6 +19,7 @@ Code that rewrites a built model (the inference folds) reads the graph through `
 from __future__ import annotations
 
 import enum
+import warnings
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -65,18 +66,37 @@ class KerasModel(nn.Module):
         self._programs: dict | None = None
         # The last layer of the body: what the top (or pooling) reads. Set by the builders.
         self.feature_layer: str = ""
+        # The nodes whose outputs `forward` returns, when there are several (a tuple, in Keras'
+        # order); by default the last layer's alone.
+        self.output_nodes: tuple[int, ...] = ()
+        # Keras names that are no module names (they hold a "."), by module name.
+        self.keras_names: dict[str, str] = {}
+        # Keras' augmentation layers (`RandomFlip`, ...): the identity here, in training too.
+        self.augmentation_layers: tuple[str, ...] = ()
 
     def input(self) -> KerasTensor:
         return KerasTensor(0, self.input_shape)
 
     def add(self, name: str, layer: nn.Module, *inputs: KerasTensor) -> KerasTensor:
-        """Register `layer` under its Keras `name`, called on `inputs`; returns its output."""
-        if name in self._modules:
-            raise ValueError(f"duplicate layer name {name!r}")
+        """Register `layer` under its Keras `name`, called on `inputs`; returns its output.
+        A name holding "." (Keras 2's `tf.math.truediv`, a nested `mobilenetv2_1.00_160`) is
+        registered with "_" in its place, one that is an attribute of ours (`add`) with "_"
+        after it, and `get_submodule` takes either."""
+        keras_name, name = name, name.replace(".", "_")
+        if name in self._modules or keras_name in self.keras_names.values():
+            raise ValueError(f"duplicate layer name {keras_name!r}")
+        while hasattr(self, name):  # a name of ours (Keras 3 names an op `add`)
+            name += "_"
+        if keras_name != name:
+            self.keras_names[name] = keras_name
         self.add_module(name, layer)
         self._graph.append((name, tuple(t.node for t in inputs)))
         self._programs = None
         shape = self._layer(name).output_shape(*(t.shape for t in inputs))
+        if any(n is not None and n < 1 for n in shape):
+            raise ValueError(
+                f"layer {keras_name!r} would output shape {shape}: the input is too small"
+            )
         return KerasTensor(len(self._graph), shape)
 
     def _layer(self, name: str) -> Any:
@@ -108,8 +128,37 @@ class KerasModel(nn.Module):
         setattr(self, name, layer)
         self._programs = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor):
+        if len(self.output_nodes) > 1:
+            names = [self._graph[node - 1][0] for node in self.output_nodes]
+            kept = self._run(x, keep=frozenset(names))[1]
+            return tuple(kept[name] for name in names)
         return self._run(x)[0]
+
+    def output_shape(self, shape: tuple) -> tuple:
+        """The static shape this model gives for an input of `shape` (a model nested in
+        another is one of its layers)."""
+        shapes = {0: tuple(shape)}
+        for node, (name, inputs) in enumerate(self._graph, start=1):
+            shapes[node] = self._layer(name).output_shape(*(shapes[i] for i in inputs))
+        return shapes[len(self._graph)]
+
+    def get_submodule(self, target: str) -> nn.Module:
+        """The layer at a dotted path of Keras names, such as
+        `mobilenetv2_1.00_160.block_1_expand` (a nested model's name may hold dots)."""
+        if not target:
+            return self
+        try:
+            return super().get_submodule(target)
+        except AttributeError:
+            pass
+        by_keras_name = {keras: name for name, keras in self.keras_names.items()}
+        for keras, name in sorted(by_keras_name.items(), key=lambda kv: -len(kv[0])):
+            if target == keras:
+                return self._modules[name]  # type: ignore[return-value]
+            if target.startswith(keras + "."):
+                return self._modules[name].get_submodule(target[len(keras) + 1 :])  # type: ignore[union-attr]
+        return super().get_submodule(target)
 
     # Fine-tuning and feature extraction, by Keras layer name.
 
@@ -176,6 +225,23 @@ class KerasModel(nn.Module):
         last = names.index(up_to) if up_to is not None else len(names) - 1
         for name in names[: last + 1]:
             _set_trainable(self._layer(name), False)
+
+    def freeze_layers(self, names: Iterable[str]) -> None:
+        """Make the named layers non-trainable, as Keras' `layer.trainable = False`."""
+        for name in names:
+            _set_trainable(self._layer(name), False)
+
+    def train(self, mode: bool = True):
+        if mode and self.augmentation_layers and not getattr(self, "_warned_augmentation", False):
+            warnings.warn(
+                f"model {self.name!r}: the augmentation layers {list(self.augmentation_layers)} "
+                "are the identity here, in training too; augment the data in your input "
+                "pipeline (torchvision.transforms v2, say) instead",
+                UserWarning,
+                stacklevel=2,
+            )
+            self._warned_augmentation = True
+        return super().train(mode)
 
     def unfreeze(self) -> None:
         for name in self.layer_names:
@@ -335,8 +401,9 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
     def shares_input(step: int) -> bool:  # may return its input, or a view of it
+        # A nested model may return its input, or a view of it, too.
         return (
-            isinstance(model._layer(steps[step - 1].name), SHARES_INPUT)
+            isinstance(model._layer(steps[step - 1].name), (*SHARES_INPUT, KerasModel))
             or steps[step - 1].how is How.ALIAS
         )
 

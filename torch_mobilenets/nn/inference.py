@@ -80,8 +80,8 @@ class FusedConv2d(Conv2d):
             super().__init__(
                 conv.in_channels,
                 conv.out_channels,
-                conv.kernel_size[0],
-                stride=conv.stride[0],
+                conv.kernel_size,
+                stride=conv.stride,
                 padding=conv.keras_padding,
                 groups=conv.groups,
             )
@@ -240,6 +240,8 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
         conv = node.layer
         if not isinstance(conv, Conv2d) or type(conv) not in (Conv2d, DepthwiseConv2d):
             continue
+        if conv.dilation != (1, 1):  # a padded dilated kernel cannot grow by plain zeros
+            continue
         activation, end = None, node.number
         while len(readers.get(end, ())) == 1:
             reader = nodes[readers[end][0] - 1]
@@ -287,9 +289,11 @@ def optimize_for_inference(
     # The copy holds normal tensors even when made under torch.inference_mode(): inference
     # tensors keep no version counter, which FusedConv2d reads to notice a weight changed.
     with torch.inference_mode(False), torch.no_grad():
-        fast = fold_batch_norms(copy.deepcopy(model).eval())
-        if fuse and _ONEDNN and not compile:  # compiled, FusedConv2d runs its plain layers
-            fuse_convolutions(fast)
+        fast = copy.deepcopy(model).eval()
+        for graph in [m for m in fast.modules() if isinstance(m, KerasModel)]:  # nested too
+            fold_batch_norms(graph)
+            if fuse and _ONEDNN and not compile:  # compiled, FusedConv2d runs its plain layers
+                fuse_convolutions(graph)
         for parameter in fast.parameters():
             parameter.requires_grad_(False)
         if channels_last:

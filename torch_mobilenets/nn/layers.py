@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -74,6 +74,10 @@ def capturing_graph() -> bool:
 
 def _spatial(size: int | None, fn: Callable[[int], int]) -> int | None:
     return None if size is None else fn(size)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class KerasWeighted(Protocol):
@@ -142,26 +146,38 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
     keras_class = "Conv2D"
 
     def __init__(
-        self, in_channels, out_channels, kernel_size, stride=1, padding="same", bias=False, groups=1
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding="same",
+        bias=False,
+        groups=1,
+        dilation=1,
     ):
         if padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         self.keras_padding = padding
-        static_pad = 0
+        kernel, strides, dilations = _pair(kernel_size), _pair(stride), _pair(dilation)
+        reach = tuple((k - 1) * d + 1 for k, d in zip(kernel, dilations))  # dilated kernel
+        static_pad: tuple = (0, 0)
         # With stride 1 and an odd kernel, TF "same" is symmetric: let the conv pad for free.
-        if padding == "same" and stride == 1 and kernel_size % 2 == 1:
-            static_pad = kernel_size // 2
+        if padding == "same" and strides == (1, 1) and all(r % 2 == 1 for r in reach):
+            static_pad = (reach[0] // 2, reach[1] // 2)
         super().__init__(
             in_channels,
             out_channels,
-            kernel_size,
-            stride=stride,
+            kernel,
+            stride=strides,
             padding=static_pad,
             bias=bias,
             groups=groups,
+            dilation=dilations,
         )
+        self.reach = reach
         self._dynamic_same = (
-            padding == "same" and static_pad == 0 and (stride > 1 or kernel_size > 1)
+            padding == "same" and static_pad == (0, 0) and (strides != (1, 1) or reach != (1, 1))
         )
 
     def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
@@ -191,17 +207,21 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         (top, bottom), (left, right) = pad
         plain = all(type(p) is int for p in (top, bottom, left, right))
         if plain and top == bottom and left == right:
-            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), 1, self.groups)
+            return F.conv2d(
+                x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups
+            )
         x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
     def same_padding(self, x: torch.Tensor) -> tuple:
         """TensorFlow's "same" padding for `x`, as ((top, bottom), (left, right))."""
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (kh, kw), (sh, sw) = self.reach, self.stride
         return tf_same_padding(x.shape[-2], kh, sh), tf_same_padding(x.shape[-1], kw, sw)
 
     def forward_padded(self, x: torch.Tensor, pad) -> torch.Tensor:
         """This conv after ZeroPadding2D(pad), without making the padded copy of `x`."""
+        if self.reach != self.kernel_size:  # a dilated kernel cannot grow by plain zero rows
+            return self.forward_explicitly_padded(x, pad)
         weight, padding = self.padded_kernel(pad)
         return F.conv2d(x, weight, self.bias, self.stride, padding, 1, self.groups)
 
@@ -226,7 +246,7 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
 
     def output_shape(self, shape: Shape) -> Shape:
         _, height, width = shape
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
+        (kh, kw), (sh, sw) = self.reach, self.stride
         if self.keras_padding == "same":
             return (
                 self.out_channels,
@@ -244,10 +264,11 @@ class Conv2d(_KerasInitialized, nn.Conv2d):
         return Conv2d(
             self.in_channels,
             channels,
-            self.kernel_size[0],
-            stride=self.stride[0],
+            self.kernel_size,
+            stride=self.stride,
             padding=self.keras_padding,
             bias=self.bias is not None,
+            dilation=self.dilation,
         )
 
     def keras_variables(self) -> list[str]:
@@ -276,7 +297,14 @@ class DepthwiseConv2d(Conv2d):
     keras_class = "DepthwiseConv2D"
 
     def __init__(
-        self, channels, kernel_size, stride=1, padding="same", depth_multiplier=1, bias=False
+        self,
+        channels,
+        kernel_size,
+        stride=1,
+        padding="same",
+        depth_multiplier=1,
+        bias=False,
+        dilation=1,
     ):
         super().__init__(
             channels,
@@ -286,6 +314,7 @@ class DepthwiseConv2d(Conv2d):
             padding=padding,
             bias=bias,
             groups=channels,
+            dilation=dilation,
         )
 
     def keras_variables(self) -> list[str]:
@@ -396,32 +425,44 @@ class Dense(_KerasInitialized, nn.Linear):
 
     keras_class = "Dense"
 
-    def __init__(self, in_features: int, units: int, activation: nn.Module | None = None):
-        super().__init__(in_features, units)
+    def __init__(
+        self, in_features: int, units: int, activation: nn.Module | None = None, bias: bool = True
+    ):
+        super().__init__(in_features, units, bias=bias)
         self.activation = activation if activation is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(super().forward(x))
 
     def output_shape(self, shape: Shape) -> Shape:
+        if len(shape) != 1:
+            raise ValueError(
+                f"Dense here reads flat (N, features) input, got a map of shape {shape}; "
+                "flatten or pool it first"
+            )
         return (self.out_features,)
 
     def with_outputs(self, units: int) -> Dense:
         """A fresh layer like this one with another number of units."""
-        return Dense(self.in_features, units, self.activation)
+        return Dense(self.in_features, units, self.activation, self.bias is not None)
 
     def keras_variables(self) -> list[str]:
-        return ["kernel", "bias"]
+        return ["kernel"] + (["bias"] if self.bias is not None else [])
 
     def keras_shapes(self) -> list[tuple]:
-        return [(self.in_features, self.out_features), (self.out_features,)]
+        shapes = [(self.in_features, self.out_features)]
+        return shapes + ([(self.out_features,)] if self.bias is not None else [])
 
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
-        return {"weight": _tensor(arrays[0].T), "bias": _tensor(arrays[1])}
+        state = {"weight": _tensor(arrays[0].T)}
+        if self.bias is not None:
+            state["bias"] = _tensor(arrays[1])
+        return state
 
     def to_keras(self) -> list[np.ndarray]:
-        return [np.ascontiguousarray(_numpy(self.weight).T), _numpy(self.bias)]
+        arrays = [np.ascontiguousarray(_numpy(self.weight).T)]
+        return arrays + ([_numpy(self.bias)] if self.bias is not None else [])
 
 
 # Layers without weights. Each keeps the shape it gets unless it says otherwise.
@@ -472,13 +513,6 @@ class HardSigmoid(_Activation, nn.Hardsigmoid):
 
 class Dropout(_ShapePreserving, nn.Dropout):
     """Keras `Dropout`."""
-
-
-class Softmax(_ShapePreserving, nn.Softmax):
-    """Keras' `softmax` activation, over the last axis."""
-
-    def __init__(self):
-        super().__init__(dim=-1)
 
 
 class Activation(_ShapePreserving, nn.Module):
@@ -652,18 +686,516 @@ class SqueezeAndExcite2D(nn.Module):
         return self.squeeze_conv.to_keras() + self.excite_conv.to_keras()
 
 
-# Keras activation names a user may pass as `classifier_activation`.
-CLASSIFIER_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
-    "softmax": Softmax,
+# The layers a user's own model adds around a MobileNet (keras_io.config builds them from the
+# model's config). Shapes stay NCHW; layers whose meaning depends on the axis order (Flatten,
+# Reshape, Concatenate, Softmax) compute what Keras computes on NHWC.
+
+
+class Lambda(_ShapePreserving, nn.Module):
+    """A fixed element-wise function from our own table (an activation by its Keras name)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str):
+        super().__init__()
+        self.fn, self.fn_name = fn, name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.fn_name
+
+
+class Softmax(_ShapePreserving, nn.Softmax):
+    """Keras' `softmax`, over the channel axis (Keras' last, our second; the same on (N, C))."""
+
+    def __init__(self):
+        super().__init__(dim=1)
+
+
+class LogSoftmax(_ShapePreserving, nn.LogSoftmax):
+    """Keras' `log_softmax`, over the channel axis."""
+
+    def __init__(self):
+        super().__init__(dim=1)
+
+
+def _keras2_hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    return (0.2 * x + 0.5).clamp_(0.0, 1.0)
+
+
+def _keras2_hard_swish(x: torch.Tensor) -> torch.Tensor:
+    return x * _keras2_hard_sigmoid(x)
+
+
+def _exponential(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(x)
+
+
+def _linear(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _named(fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[], nn.Module]:
+    return lambda: Lambda(fn, name)
+
+
+# Keras' activation functions by name, as Keras 3 defines them. Keras 2 (tf-keras) defines
+# `hard_sigmoid` as clip(0.2 x + 0.5, 0, 1), which KERAS2_ACTIVATIONS overrides.
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "linear": lambda: Activation(nn.Identity()),
-    "sigmoid": lambda: Activation(torch.sigmoid),
+    "softmax": Softmax,
+    "log_softmax": LogSoftmax,
     "relu": ReLU,
-    "tanh": lambda: Activation(torch.tanh),
+    "relu6": ReLU6,
+    "sigmoid": _named(torch.sigmoid, "sigmoid"),
+    "tanh": _named(torch.tanh, "tanh"),
+    "hard_sigmoid": HardSigmoid,
+    "hard_swish": HardSwish,
+    "hard_silu": HardSwish,
+    "swish": _named(F.silu, "silu"),
+    "silu": _named(F.silu, "silu"),
+    "gelu": _named(F.gelu, "gelu"),
+    "elu": _named(F.elu, "elu"),
+    "selu": _named(F.selu, "selu"),
+    "softplus": _named(F.softplus, "softplus"),
+    "softsign": _named(F.softsign, "softsign"),
+    "mish": _named(F.mish, "mish"),
+    "exponential": _named(_exponential, "exponential"),
 }
+KERAS2_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    **ACTIVATIONS,
+    "hard_sigmoid": _named(_keras2_hard_sigmoid, "keras2_hard_sigmoid"),
+    "hard_swish": _named(_keras2_hard_swish, "keras2_hard_swish"),
+    "hard_silu": _named(_keras2_hard_swish, "keras2_hard_swish"),
+}
+# What `classifier_activation` takes by name: every Keras activation.
+CLASSIFIER_ACTIVATIONS = ACTIVATIONS
+
+
+class ClippedReLU(_Activation, nn.Module):
+    """Keras `ReLU(max_value, negative_slope, threshold)` in general: x above `threshold`,
+    `negative_slope * (x - threshold)` below it, never above `max_value`."""
+
+    def __init__(self, max_value: float | None, negative_slope: float, threshold: float):
+        super().__init__()
+        self.max_value, self.negative_slope, self.threshold = max_value, negative_slope, threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.where(x >= self.threshold, x, self.negative_slope * (x - self.threshold))
+        return y if self.max_value is None else y.clamp(max=self.max_value)
+
+    def extra_repr(self) -> str:
+        return f"max_value={self.max_value}, slope={self.negative_slope}, at={self.threshold}"
+
+
+class LeakyReLU(_Activation, nn.LeakyReLU):
+    """Keras `LeakyReLU(negative_slope)` (Keras 2's `alpha`)."""
+
+    def forward_inplace(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.negative_slope, inplace=True)
+
+
+class ELU(_Activation, nn.ELU):
+    """Keras `ELU(alpha)`."""
+
+
+class PReLU(nn.Module):
+    """Keras `PReLU`: a learned slope per element of its (H, W, C) input, shared over
+    `shared_axes`; held here as (C, H, W) with 1 on the shared axes."""
+
+    keras_class = "PReLU"
+
+    def __init__(self, shape: Shape, shared_axes: Sequence[int] = ()):
+        super().__init__()
+        self.input_shape, self.shared_axes = tuple(shape), tuple(shared_axes)
+        # Keras' axes count from 1 over (H, W, C); ours are (C, H, W).
+        ours = {1: 1, 2: 2, 3: 0} if len(shape) == 3 else {1: 0}
+        size = [1 if keras in shared_axes else n for keras, n in _by_keras_axis(shape, ours)]
+        if any(n is None for n in size):
+            raise ValueError(f"PReLU needs a static size on axes it does not share, got {shape}")
+        self.alpha = nn.Parameter(torch.zeros(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, x, self.alpha * x)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def keras_variables(self) -> list[str]:
+        return ["alpha"]
+
+    def keras_shapes(self) -> list[tuple]:
+        return [_channels_last(tuple(self.alpha.shape))]
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        alpha = arrays[0]
+        return {"alpha": _tensor(alpha.transpose(2, 0, 1) if alpha.ndim == 3 else alpha)}
+
+    def to_keras(self) -> list[np.ndarray]:
+        alpha = _numpy(self.alpha)
+        return [np.ascontiguousarray(alpha.transpose(1, 2, 0) if alpha.ndim == 3 else alpha)]
+
+
+def _by_keras_axis(shape: Shape, ours: dict) -> list:
+    """(Keras axis, size) for each of our axes, in our order."""
+    keras_of = {ours_axis: keras for keras, ours_axis in ours.items()}
+    return [(keras_of[i], n) for i, n in enumerate(shape)]
+
+
+def _channels_last(shape: tuple) -> tuple:
+    return (*shape[1:], shape[0]) if len(shape) == 3 else shape
+
+
+class Scale(_ShapePreserving, nn.Module):
+    """x op constant, or constant op x (`reverse`): the arithmetic `preprocess_input` records
+    (Keras 3's operation layers, Keras 2's TFOpLambda), and the applications' hard sigmoid.
+    `constant` is a number or one per channel, kept as Python numbers (a model built on the
+    meta device must not lose it)."""
+
+    OPS: ClassVar[dict[str, Callable]] = {
+        "add": lambda a, b: a + b,
+        "subtract": lambda a, b: a - b,
+        "multiply": lambda a, b: a * b,
+        "divide": lambda a, b: a / b,
+    }
+
+    def __init__(self, op: str, constant, reverse: bool = False):
+        super().__init__()
+        self.op, self.constant, self.reverse = op, constant, reverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.constant
+        if isinstance(c, list):
+            c = x.new_tensor(c).reshape(-1, 1, 1) if x.dim() == 4 else x.new_tensor(c)
+        fn = self.OPS[self.op]
+        return fn(c, x) if self.reverse else fn(x, c)
+
+    def extra_repr(self) -> str:
+        c = self.constant
+        return f"{c} {self.op} x" if self.reverse else f"x {self.op} {c}"
+
+
+class Normalization(_ShapePreserving, nn.Module):
+    """Keras `Normalization` over channels: (x - mean) / max(sqrt(variance), 1e-7), with
+    Keras' epsilon. The statistics come from the config (kept as numbers) or, once adapted,
+    from the file (buffers)."""
+
+    keras_class = "Normalization"
+    mean: torch.Tensor  # buffers, when adapted
+    variance: torch.Tensor
+
+    def __init__(self, channels: int, mean=None, variance=None, from_file: bool = False):
+        super().__init__()
+        self.channels, self.from_file = channels, from_file
+        self.stats = (mean, variance)
+        if from_file:
+            self.register_buffer("mean", torch.zeros(channels))
+            self.register_buffer("variance", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (-1, 1, 1) if x.dim() == 4 else (-1,)
+        if self.from_file:
+            mean, variance = self.mean, self.variance
+        else:
+            mean, variance = (x.new_tensor(v).expand(self.channels) for v in self.stats)
+        scale = torch.sqrt(variance).clamp(min=1e-7)
+        return (x - mean.reshape(shape)) / scale.reshape(shape)
+
+    def keras_variables(self) -> list[str]:
+        return ["mean", "variance"] if self.from_file else []
+
+    def keras_shapes(self) -> list[tuple]:
+        return [(self.channels,)] * 2 if self.from_file else []
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        return {"mean": _tensor(arrays[0]), "variance": _tensor(arrays[1])} if arrays else {}
+
+    def to_keras(self) -> list[np.ndarray]:
+        return [_numpy(self.mean), _numpy(self.variance)] if self.from_file else []
+
+
+class Chain(_ShapePreserving, nn.Sequential):
+    """Shape-preserving layers applied one after the other (a per-channel `Rescaling`)."""
+
+
+class Identity(_ShapePreserving, nn.Identity):
+    """A Keras layer that is the identity at inference: the augmentation layers (`Random*`),
+    and in this package also in training (see `KerasModel.augmentation_layers`)."""
+
+    def __init__(self, keras_class: str):
+        super().__init__()
+        self.keras_class_name = keras_class
+
+    def extra_repr(self) -> str:
+        return self.keras_class_name
+
+
+class GaussianNoise(_ShapePreserving, nn.Module):
+    """Keras `GaussianNoise(stddev)`: adds N(0, stddev) in training, the identity otherwise."""
+
+    def __init__(self, stddev: float):
+        super().__init__()
+        self.stddev = stddev
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.stddev * torch.randn_like(x) if self.training else x
+
+
+class GaussianDropout(_ShapePreserving, nn.Module):
+    """Keras `GaussianDropout(rate)`: multiplies by N(1, rate / (1 - rate)) in training."""
+
+    def __init__(self, rate: float):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0 < self.rate < 1:
+            return x
+        return x * (1 + math.sqrt(self.rate / (1 - self.rate)) * torch.randn_like(x))
+
+
+class SpatialDropout2D(_ShapePreserving, nn.Dropout2d):
+    """Keras `SpatialDropout2D(rate)`: drops whole channels in training."""
+
+
+class AlphaDropout(_ShapePreserving, nn.AlphaDropout):
+    """Keras `AlphaDropout(rate)`."""
+
+
+class GlobalPooling2D(nn.Module):
+    """Keras `GlobalAveragePooling2D` / `GlobalMaxPooling2D` with `keepdims`."""
+
+    def __init__(self, reduce: str, keepdims: bool = False):
+        super().__init__()
+        self.reduce, self.keepdims = reduce, keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.reduce == "max":
+            return x.amax(dim=(2, 3), keepdim=self.keepdims)
+        return x.mean(dim=(2, 3), keepdim=self.keepdims)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0], 1, 1) if self.keepdims else (shape[0],)
+
+
+class Pooling2D(nn.Module):
+    """Keras `MaxPooling2D` / `AveragePooling2D` with TensorFlow's "valid" or "same" padding
+    (the padded cells are never the maximum, and are left out of the average)."""
+
+    def __init__(self, reduce: str, pool_size, strides, padding: str):
+        super().__init__()
+        self.reduce, self.kernel, self.stride = reduce, _pair(pool_size), _pair(strides)
+        self.keras_padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.keras_padding == "same":
+            (kh, kw), (sh, sw) = self.kernel, self.stride
+            (top, bottom), (left, right) = (
+                tf_same_padding(x.shape[-2], kh, sh),
+                tf_same_padding(x.shape[-1], kw, sw),
+            )
+            if self.reduce == "max":
+                x = F.pad(x, (left, right, top, bottom), value=-math.inf)
+                return F.max_pool2d(x, self.kernel, self.stride)
+            total = F.avg_pool2d(F.pad(x, (left, right, top, bottom)), self.kernel, self.stride)
+            ones = F.pad(torch.ones_like(x[:1, :1]), (left, right, top, bottom))
+            return total / F.avg_pool2d(ones, self.kernel, self.stride)
+        if self.reduce == "max":
+            return F.max_pool2d(x, self.kernel, self.stride)
+        return F.avg_pool2d(x, self.kernel, self.stride)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        channels, height, width = shape
+        (kh, kw), (sh, sw) = self.kernel, self.stride
+        if self.keras_padding == "same":
+            return (
+                channels,
+                _spatial(height, lambda n: math.ceil(n / sh)),
+                _spatial(width, lambda n: math.ceil(n / sw)),
+            )
+        return (
+            channels,
+            _spatial(height, lambda n: (n - kh) // sh + 1),
+            _spatial(width, lambda n: (n - kw) // sw + 1),
+        )
+
+
+class Reshape(nn.Module):
+    """Keras `Flatten` (`target=None`) and `Reshape(target)`, in Keras' channels-last order: a
+    Dense after a Flatten reads the features as Keras laid them out. A 3-D target comes back
+    channels first."""
+
+    def __init__(self, target: tuple | None = None):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4 and x.shape[2] * x.shape[3] != 1:
+            x = x.permute(0, 2, 3, 1)
+        if self.target is None:
+            return x.flatten(1)
+        x = x.reshape(x.shape[0], *self.target)
+        return x.permute(0, 3, 1, 2) if len(self.target) == 3 else x
+
+    def output_shape(self, shape: Shape) -> Shape:
+        size = None if None in shape else math.prod(shape)
+        if self.target is None:
+            return (size,)
+        if size is not None and math.prod(self.target) != size:
+            raise ValueError(f"cannot reshape {shape} ({size} values) to {self.target}")
+        return _channels_first(self.target)
+
+    def extra_repr(self) -> str:
+        return "flatten" if self.target is None else f"target={self.target}"
+
+
+def _channels_first(shape: tuple) -> tuple:
+    return (shape[2], shape[0], shape[1]) if len(shape) == 3 else tuple(shape)
+
+
+class Concatenate(nn.Module):
+    """Keras `Concatenate(axis=-1)`: along channels."""
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return torch.cat(xs, dim=1)
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        channels = [s[0] for s in shapes]
+        return (None if None in channels else sum(channels), *shapes[0][1:])
+
+
+class Merge(nn.Module):
+    """Keras' `Add`, `Subtract`, `Multiply`, `Average`, `Maximum` and `Minimum` of several
+    inputs (broadcasting as Keras does)."""
+
+    def __init__(self, op: str):
+        super().__init__()
+        self.op = op
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        if self.op == "subtract":
+            return xs[0] - xs[1]
+        out = xs[0]
+        for x in xs[1:]:
+            if self.op in ("add", "average"):
+                out = out + x
+            elif self.op == "multiply":
+                out = out * x
+            elif self.op == "maximum":
+                out = torch.maximum(out, x)
+            else:
+                out = torch.minimum(out, x)
+        return out / len(xs) if self.op == "average" else out
+
+    def output_shape(self, *shapes: Shape) -> Shape:
+        if len({len(s) for s in shapes}) != 1:
+            raise ValueError(f"cannot {self.op} tensors of shapes {list(shapes)}")
+        # Broadcast axis by axis: a dynamic size wins over 1, and stays dynamic.
+        return tuple(None if None in sizes else max(sizes) for sizes in zip(*shapes))
+
+    def extra_repr(self) -> str:
+        return self.op
+
+
+class LayerNormalization(nn.Module):
+    """Keras `LayerNormalization` over channels (axis -1)."""
+
+    keras_class = "LayerNormalization"
+
+    def __init__(self, channels: int, epsilon: float, center: bool = True, scale: bool = True):
+        super().__init__()
+        self.eps, self.center, self.scale = epsilon, center, scale
+        self.weight = nn.Parameter(torch.ones(channels)) if scale else None
+        self.bias = nn.Parameter(torch.zeros(channels)) if center else None
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:
+            y = F.layer_norm(
+                x.permute(0, 2, 3, 1), (self.channels,), self.weight, self.bias, self.eps
+            )
+            return y.permute(0, 3, 1, 2)
+        return F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return shape
+
+    def keras_variables(self) -> list[str]:
+        return (["gamma"] if self.scale else []) + (["beta"] if self.center else [])
+
+    def keras_shapes(self) -> list[tuple]:
+        return [(self.channels,)] * len(self.keras_variables())
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        names = (["weight"] if self.scale else []) + (["bias"] if self.center else [])
+        return {name: _tensor(a) for name, a in zip(names, arrays)}
+
+    def to_keras(self) -> list[np.ndarray]:
+        return [_numpy(t) for t in (self.weight, self.bias) if t is not None]
+
+
+class SeparableConv2d(nn.Module):
+    """Keras `SeparableConv2D`: a depthwise convolution, then a 1x1 convolution with the bias."""
+
+    keras_class = "SeparableConv2D"
+
+    def __init__(
+        self, in_channels, filters, kernel_size, stride, padding, depth_multiplier, bias, dilation
+    ):
+        super().__init__()
+        self.depthwise = DepthwiseConv2d(
+            in_channels, kernel_size, stride, padding, depth_multiplier, False, dilation
+        )
+        self.pointwise = Conv2d(in_channels * depth_multiplier, filters, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pointwise(self.depthwise(x))
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return self.pointwise.output_shape(self.depthwise.output_shape(shape))
+
+    def keras_variables(self) -> list[str]:
+        return ["depthwise_kernel", "pointwise_kernel"] + (
+            ["bias"] if self.pointwise.bias is not None else []
+        )
+
+    def keras_shapes(self) -> list[tuple]:
+        return self.depthwise.keras_shapes() + self.pointwise.keras_shapes()
+
+    def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
+        _check_keras_shapes(self, arrays)
+        state = {f"depthwise.{k}": v for k, v in self.depthwise.from_keras(arrays[:1]).items()}
+        state.update(
+            {f"pointwise.{k}": v for k, v in self.pointwise.from_keras(arrays[1:]).items()}
+        )
+        return state
+
+    def to_keras(self) -> list[np.ndarray]:
+        return self.depthwise.to_keras() + self.pointwise.to_keras()
+
 
 # Layers whose output may be their input itself or a view of it (Dropout in inference returns
 # its input; a user's activation may too): nothing may be written into such an output while the
 # input is still read, nor the other way round.
-SHARES_INPUT = (nn.Identity, nn.Dropout, Flatten, Activation)
+SHARES_INPUT = (
+    nn.Identity,
+    nn.Dropout,
+    Flatten,
+    Activation,
+    Reshape,
+    GaussianNoise,
+    GaussianDropout,
+)
 
 WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense, SqueezeAndExcite2D)
+# With the layers only users' own models have.
+KERAS_WEIGHTED_LAYERS = (
+    *WEIGHTED_LAYERS,
+    SeparableConv2d,
+    LayerNormalization,
+    PReLU,
+    Normalization,
+)

@@ -1,0 +1,357 @@
+"""Users' own Keras models (`load_model`, `convert`): the transfer-learning guides' models and
+heads of every layer we compute, written by Keras 3 and by Keras 2 (tf-keras) in each format
+they save, against Keras' own outputs for the same weights.
+
+Every comparison first checks that its weights make the output depend on the input (two images
+at least 1e-2 apart): with untrained BatchNorm statistics the outputs barely move, and no
+comparison could fail.
+"""
+
+import json
+import subprocess
+import sys
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import user_models as um
+from helpers import PARITY_TOLERANCE, keras_reference
+
+import torch_mobilenets as tm
+from torch_mobilenets.keras_io import WeightsFileError
+
+keras_reference()  # skips this module, with the reason, without Keras
+pytestmark = pytest.mark.keras
+
+WRITERS = ["keras3", pytest.param("keras2", marks=pytest.mark.tf_keras)]
+
+
+def ours(model, x_nhwc, mode=torch.no_grad):
+    with mode():
+        out = model(torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous())
+    outs = list(out) if isinstance(out, tuple) else [out]
+    return [o.numpy().transpose(0, 2, 3, 1) if o.dim() == 4 else o.numpy() for o in outs]
+
+
+def relative_error(got, expected):
+    return float(np.abs(got - expected).max() / max(1.0, np.abs(expected).max()))
+
+
+def assert_sensitive(outputs):
+    """Two different images give outputs at least 1e-2 apart (relative): the comparison can
+    fail."""
+    for out in outputs:
+        spread = np.abs(out[0] - out[1]).max() / max(1.0, np.abs(out).max())
+        assert spread >= 1e-2, f"outputs barely depend on the input ({spread:.2g})"
+
+
+def check_layouts(writer, keras_model, tmp_path, x, layouts=None):
+    """Save `keras_model` in each of the writer's layouts, load each with load_model and
+    compare with Keras; returns the worst relative error."""
+    expected = um.predict(keras_model, x)
+    assert_sensitive(expected)
+    worst = 0.0
+    for layout in layouts or um.LAYOUTS[writer]:
+        path, config = um.save(keras_model, writer, layout, tmp_path / layout)
+        model = tm.load_model(path, config=config)
+        assert model.config["family"] == "keras_model", layout
+        got = ours(model, x)
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.shape == e.shape, f"{layout}: {g.shape} != Keras {e.shape}"
+            error = relative_error(g, e)
+            assert error <= PARITY_TOLERANCE, f"{writer} {layout}: relative error {error:.3g}"
+            worst = max(worst, error)
+    return worst
+
+
+GUIDE_CASES = [
+    ("mobilenet_v2", (96, 96, 3), {"alpha": 0.35}),
+    ("mobilenet_v3_small", (97, 113, 3), {"minimalistic": True}),
+]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("family,shape,kwargs", GUIDE_CASES, ids=[c[0] for c in GUIDE_CASES])
+def test_the_transfer_learning_guide_model(writer, family, shape, kwargs, tmp_path):
+    """Augmentation, preprocess_input, the base nested and frozen, pooling, Dropout, Dense(1)."""
+    keras_model = um.build(writer, "guide", family, shape, base_kwargs=kwargs)
+    x = um.pixels(*shape[:2])
+    check_layouts(writer, keras_model, tmp_path, x)
+    model = tm.load_model(um.save(keras_model, writer, "h5", tmp_path / "again")[0])
+    base = next(m for m in model.children() if isinstance(m, tm.KerasModel))
+    # The nested base keeps its name as a prefix; what Keras froze is frozen.
+    conv = model.get_submodule(f"{base.name}.{base.layer_names[0]}")
+    assert conv is base.get_submodule(base.layer_names[0])
+    assert not any(p.requires_grad for p in base.parameters())
+    assert all(p.requires_grad for p in model.get_submodule(model.layer_names[-1]).parameters())
+    # Augmentation is the identity, in training too, said once.
+    augmentation = model.get_submodule("augmentation")
+    assert len(augmentation.augmentation_layers) == 2
+    with pytest.warns(UserWarning, match=r"augmentation layers \['random_flip"):
+        model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.train()
+    model.eval()
+    # inference_mode computes the same as no_grad
+    np.testing.assert_array_equal(ours(model, x)[0], ours(model, x, torch.inference_mode)[0])
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_sequential_and_inlined_bases(writer, tmp_path):
+    keras_model = um.build(
+        writer, "sequential", "mobilenet", (96, 96, 3), base_kwargs={"alpha": 0.25}
+    )
+    check_layouts(writer, keras_model, tmp_path / "sequential", um.pixels(96, 96))
+    keras_model = um.build(
+        writer, "inlined", "mobilenet_v3_large", (None, None, 3), base_kwargs={"alpha": 0.75}
+    )
+    check_layouts(writer, keras_model, tmp_path / "inlined", um.pixels(99, 128), ["h5"])
+
+
+def test_an_official_shaped_head_is_not_taken_for_the_official_top(tmp_path):
+    """Global average pooling then one linear Dense, on an inlined V2: the official top, but
+    logits, not softmax (recorded as such); and with a Dropout the official top lacks (the
+    user's own graph)."""
+    keras = um.keras_module("keras3")
+    for dropout in (False, True):
+        keras.utils.set_random_seed(1)
+        base = keras.applications.MobileNetV2(
+            input_shape=(96, 96, 3), include_top=False, weights=None, alpha=0.35
+        )
+        x = keras.layers.GlobalAveragePooling2D()(base.output)
+        if dropout:
+            x = keras.layers.Dropout(0.5)(x)
+        keras_model = keras.Model(base.input, keras.layers.Dense(3, name="predictions")(x))
+        um.calibrate("keras3", keras_model, base, "mobilenet_v2", (96, 96, 3), 0, "inlined")
+        path = tmp_path / f"{dropout}.keras"
+        keras_model.save(path)
+        config = tm.conversion.convert(path, tmp_path / f"{dropout}.safetensors")
+        if dropout:  # the official top has none: this is the user's own graph
+            assert config["family"] == "keras_model"
+        else:  # the official architecture exactly, with the activation it has
+            assert config["family"] == "mobilenet_v2"
+            assert config["classifier_activation"] is None and config["classes"] == 3
+        model = tm.load_model(tmp_path / f"{dropout}.safetensors")
+        x = um.pixels(96, 96)
+        expected = um.predict(keras_model, x)
+        assert_sensitive(expected)
+        assert relative_error(ours(model, x)[0], expected[0]) <= PARITY_TOLERANCE
+        sums = ours(model, x)[0].sum(axis=1)
+        assert np.abs(sums - 1).max() > 0.05  # logits: no softmax was applied
+
+
+def test_an_official_model_saved_whole_still_converts_as_official(tmp_path):
+    keras = um.keras_module("keras3")
+    keras_model = keras.applications.MobileNetV3Small(
+        input_shape=(96, 96, 3), weights=None, alpha=0.75, classifier_activation=None
+    )
+    path = tmp_path / "official.keras"
+    keras_model.save(path)
+    config = tm.conversion.convert(path, tmp_path / "official.safetensors")
+    assert config["family"] == "mobilenet_v3_small"
+    assert config["alpha"] == 0.75 and config["classifier_activation"] is None
+    model = tm.load_model(tmp_path / "official.safetensors")
+    assert model.config["family"] == "mobilenet_v3_small"
+
+
+def head_zoo(layers, x):
+    """Every head layer we compute, in one model with two outputs."""
+    a = layers.Conv2D(24, 3, padding="same", activation="relu", name="head_conv")(x)
+    a = layers.BatchNormalization(name="head_bn")(a)
+    a = layers.SeparableConv2D(16, (3, 1), padding="same", name="head_separable")(a)
+    a = layers.PReLU(shared_axes=[1, 2], name="head_prelu")(a)
+    b = layers.DepthwiseConv2D(3, padding="valid", name="head_depthwise")(x)
+    b = layers.ZeroPadding2D(((1, 1), (1, 1)), name="head_pad")(b)
+    b = layers.Conv2D(16, 1, name="head_pointwise")(b)
+    b = layers.LeakyReLU(name="head_leaky")(b)
+    c = layers.Add(name="head_add")([a, b])
+    c = layers.Multiply(name="head_mul")([c, layers.Activation("sigmoid")(b)])
+    c = layers.Maximum(name="head_max")([c, layers.ELU(name="head_elu")(a)])
+    c = layers.Average(name="head_avg")([c, a])
+    c = layers.SpatialDropout2D(0.1, name="head_spatial_dropout")(c)
+    c = layers.MaxPooling2D(2, padding="same", name="head_maxpool")(c)
+    c = layers.AveragePooling2D(2, strides=1, padding="same", name="head_avgpool")(c)
+    flat = layers.Flatten(name="head_flatten")(c)
+    pooled = layers.Concatenate(name="head_concat")(
+        [layers.GlobalAveragePooling2D()(c), layers.GlobalMaxPooling2D()(c)]
+    )
+    y = layers.Concatenate(name="head_features")([flat, pooled])
+    y = layers.GaussianNoise(0.1, name="head_noise")(y)
+    y = layers.Dense(32, activation="gelu", name="head_dense")(y)
+    y = layers.LayerNormalization(name="head_layer_norm")(y)
+    y = layers.BatchNormalization(name="head_bn_1d")(y)
+    y = layers.GaussianDropout(0.1, name="head_gaussian_dropout")(y)
+    y = layers.ReLU(max_value=4.0, negative_slope=0.1, threshold=0.5, name="head_relu")(y)
+    y = layers.Reshape((4, 4, 2), name="head_reshape")(y)
+    y = layers.Conv2D(3, 2, name="head_conv_out")(y)
+    logits = layers.Flatten(name="head_logits_flat")(y)
+    probabilities = layers.Softmax(name="probabilities")(layers.Dense(5, name="classes")(logits))
+    return [layers.Activation("swish", name="features")(logits), probabilities]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_head_of_every_layer(writer, tmp_path):
+    keras_model = um.build(
+        writer, "head", "mobilenet_v2", (96, 96, 3), base_kwargs={"alpha": 0.35}, head=head_zoo
+    )
+    check_layouts(writer, keras_model, tmp_path, um.pixels(96, 96))
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_preprocessing_layers_inside(writer, tmp_path):
+    keras = um.keras_module(writer)
+    layers = keras.layers
+    keras.utils.set_random_seed(2)
+    base = um.base_model(writer, "mobilenet", (96, 96, 3), alpha=0.25)
+    inputs = keras.Input((96, 96, 3))
+    x = layers.Rescaling(1 / 255.0)(inputs)
+    x = layers.Normalization(mean=[0.485, 0.456, 0.406], variance=[0.052, 0.050, 0.051])(x)
+    x = base(x)
+    outputs = layers.Dense(2, activation="sigmoid")(layers.GlobalAveragePooling2D()(x))
+    keras_model = keras.Model(inputs, outputs)
+    um.calibrate(writer, keras_model, base, "mobilenet", (96, 96, 3), 2, "head")
+    # the calibration fed the base pixels; what it computes on normalised input still varies
+    check_layouts(writer, keras_model, tmp_path, um.pixels(96, 96, seed=3))
+
+
+def test_a_checkpoint_rebuilds_the_model_without_keras(tmp_path):
+    keras_model = um.build(
+        "keras3", "guide", "mobilenet_v2", (96, 96, 3), base_kwargs={"alpha": 0.35}
+    )
+    path, _ = um.save(keras_model, "keras3", "keras", tmp_path)
+    out = tmp_path / "model.safetensors"
+    tm.conversion.convert(path, out)
+    again = tmp_path / "again.safetensors"
+    tm.conversion.convert(path, again)
+    assert out.read_bytes() == again.read_bytes()  # deterministic
+    x = um.pixels(96, 96)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "expected.npy", um.predict(keras_model, x)[0])
+    script = f"""
+import sys
+sys.modules["keras"] = sys.modules["tensorflow"] = sys.modules["tf_keras"] = None
+import numpy as np, torch, torch_mobilenets as tm
+model = tm.load_model({str(out)!r})
+x = torch.from_numpy(np.load({str(tmp_path / "x.npy")!r})).permute(0, 3, 1, 2).contiguous()
+with torch.inference_mode():
+    got = model(x).numpy()
+expected = np.load({str(tmp_path / "expected.npy")!r})
+print(float(np.abs(got - expected).max() / max(1.0, np.abs(expected).max())))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.split()[-1]) <= PARITY_TOLERANCE
+    # and a model saved by save_checkpoint loads the same way
+    model = tm.load_model(out)
+    tm.save_checkpoint(model, tmp_path / "saved.safetensors")
+    reloaded = tm.load_model(tmp_path / "saved.safetensors")
+    np.testing.assert_array_equal(ours(model, x)[0], ours(reloaded, x)[0])
+
+
+def test_a_loaded_model_is_a_keras_model(tmp_path):
+    keras_model = um.build(
+        "keras3", "inlined", "mobilenet_v2", (96, 96, 3), base_kwargs={"alpha": 0.35}
+    )
+    path, _ = um.save(keras_model, "keras3", "keras", tmp_path)
+    model = tm.load_model(path)
+    x = um.pixels(96, 96)
+    expected = um.predict(keras_model, x)[0]
+    assert model.feature_layer == "out_relu"
+    features = model.forward_layers(torch.from_numpy(x).permute(0, 3, 1, 2), ["out_relu"])
+    assert features["out_relu"].shape[1:] == (1280, 3, 3)
+    fast = tm.optimize_for_inference(model)
+    assert relative_error(ours(fast, x)[0], expected) <= PARITY_TOLERANCE
+    model.reset_classifier(7)
+    assert ours(model, x)[0].shape == (2, 7)
+    model.freeze("out_relu")
+    assert not model.get_submodule("Conv1").weight.requires_grad
+    assert model.get_classifier().weight.requires_grad
+
+
+# ------------------------------------------------------------------------------- refusals
+def _keras3_archive(tmp_path, edit):
+    keras = um.keras_module("keras3")
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(2, name="dense")(x)
+    path = tmp_path / "small.keras"
+    keras.Model(inputs, outputs).save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    edit(config["config"]["layers"])
+    entries["config.json"] = json.dumps(config).encode()
+    bad = tmp_path / "bad.keras"
+    with zipfile.ZipFile(bad, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return bad
+
+
+def _set(index, **changes):
+    def edit(layers):
+        layers[index].update(changes)
+
+    return edit
+
+
+def _set_config(index, **changes):
+    def edit(layers):
+        layers[index]["config"].update(changes)
+
+    return edit
+
+
+def _reads(index, name):
+    def edit(layers):
+        layers[index]["inbound_nodes"][0]["args"][0]["config"]["keras_history"][0] = name
+
+    return edit
+
+
+REFUSALS = [
+    (_set(2, class_name="Lambda"), r"layer 'pool' \(Lambda\): a Lambda layer holds Python code"),
+    (
+        _set(2, class_name="MyPool", module="my_layers", registered_name="Custom>MyPool"),
+        r"layer 'pool' \(MyPool\): a custom class \(Custom>MyPool\)",
+    ),
+    (_set(2, class_name="LSTM"), r"layer 'pool' \(LSTM\): a layer class torch-mobilenets does not"),
+    (_reads(1, "dense"), r"its inputs loop back to it"),
+    (_reads(2, "nowhere"), r"layer 'pool' \(GlobalAveragePooling2D\): reads layer 'nowhere'"),
+    (_set_config(3, units=2**31), r"layer 'dense' \(Dense\): argument units=2147483648"),
+    (_set_config(1, dilation_rate=[2, 2], strides=[2, 2]), r"layer 'conv' \(Conv2D\).*dilation"),
+    (_set_config(1, padding="causal"), r"layer 'conv' \(Conv2D\): argument padding='causal'"),
+]
+
+
+@pytest.mark.parametrize("edit,message", REFUSALS, ids=[m[:30] for _, m in REFUSALS])
+def test_configs_we_cannot_compute_are_refused(edit, message, tmp_path):
+    bad = _keras3_archive(tmp_path, edit)
+    with pytest.raises(WeightsFileError, match=message) as caught:
+        tm.load_model(bad)
+    assert len(str(caught.value)) < 600
+    assert str(bad) in str(caught.value)
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(WeightsFileError, match=message):
+        tm.conversion.convert(bad, out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["small.keras", "bad.keras"]
+
+
+def test_nesting_past_the_limit_is_refused(tmp_path):
+    from torch_mobilenets.keras_io import config as model_config
+
+    inner = {"class_name": "Functional", "config": {"name": "m0", "layers": []}}
+    spec = inner
+    for depth in range(12):
+        spec = {
+            "class_name": "Functional",
+            "config": {"name": f"m{depth + 1}", "layers": [dict(spec, name=f"m{depth}")]},
+        }
+    with pytest.raises(WeightsFileError, match="nested more than 8 deep"):
+        model_config.model_spec(spec)
