@@ -355,3 +355,96 @@ def test_nesting_past_the_limit_is_refused(tmp_path):
         }
     with pytest.raises(WeightsFileError, match="nested more than 8 deep"):
         model_config.model_spec(spec)
+
+
+def test_a_loaded_model_deploys(tmp_path):
+    """ONNX through the dynamo exporter into ONNX Runtime, and torch.export, agree with eager
+    on a user's model (nested base, preprocessing, augmentation, head), at 224 and an odd
+    size."""
+    from benchmarks import deploy
+
+    for size in (224, 161):
+        keras_model = um.build(
+            "keras3", "guide", "mobilenet_v3_small", (size, size, 3), base_kwargs={"alpha": 0.75}
+        )
+        path, _ = um.save(keras_model, "keras3", "keras", tmp_path / str(size))
+        model = tm.load_model(path)
+        x = torch.from_numpy(um.pixels(size, size)).permute(0, 3, 1, 2).contiguous()
+        with torch.no_grad():
+            eager = model(x)
+        assert_sensitive([eager.numpy()])
+        exported = deploy.torch_export(model, x, dynamic=False)
+        assert deploy.relative_error(exported.module()(x), eager) <= PARITY_TOLERANCE
+        runner = deploy.PATHS["onnx-dynamo-onnxruntime"].build(
+            model, x, False, tmp_path / str(size), 1
+        )
+        assert deploy.relative_error(torch.as_tensor(runner(x)), eager) <= PARITY_TOLERANCE
+
+
+# Every family and size class, each writer, each idiom: one layout per case, rotating.
+FAMILY_CASES = [
+    ("mobilenet", (128, 128, 3), {"alpha": 0.5, "depth_multiplier": 2}),
+    ("mobilenet_v2", (97, 131, 3), {"alpha": 0.75}),
+    ("mobilenet_v3_small", (None, None, 3), {"alpha": 1.0}),
+    ("mobilenet_v3_large", (113, 113, 3), {"minimalistic": True}),
+]
+IDIOMS = ["guide", "sequential", "inlined"]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("idiom", IDIOMS)
+@pytest.mark.parametrize("family,shape,kwargs", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_every_family_in_every_idiom(writer, idiom, family, shape, kwargs, tmp_path, request):
+    keras_model = um.build(writer, idiom, family, shape, base_kwargs=kwargs)
+    index = IDIOMS.index(idiom) + [c[0] for c in FAMILY_CASES].index(family)
+    layout = um.LAYOUTS[writer][index % 3]
+    # odd and non-square sizes at the dynamic default too
+    height, width = (shape[0] or 99, shape[1] or 130)
+    error = check_layouts(writer, keras_model, tmp_path, um.pixels(height, width), [layout])
+    record(family, error, f"{writer} {idiom} {layout} at {height}x{width}")
+
+
+def record(family, error, case):
+    from helpers import worst
+
+    if error > worst[f"{family} (user model)"][0]:
+        worst[f"{family} (user model)"] = (error, case)
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_the_command_line_on_a_users_file(writer, tmp_path, capsys):
+    """convert, then parity on each format: every output and the base's within 1e-4, on the
+    Keras that can load the file (tf-keras for Keras 2's, Keras 3 rebuilt from the config for
+    its own .h5, which Keras 3 cannot reload)."""
+    from torch_mobilenets.cli import main
+
+    keras_model = um.build(
+        writer, "guide", "mobilenet_v2", (96, 96, 3), base_kwargs={"alpha": 0.35}
+    )
+    for layout in ("keras", "h5"):
+        path, _ = um.save(keras_model, writer, layout, tmp_path / layout)
+        out = tmp_path / f"{layout}.safetensors"
+        assert main(["convert", str(path), str(out)]) == 0
+        assert "Keras model" in capsys.readouterr().out
+        assert main(["parity", str(path), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        base = next(x for x in keras_model.layers if x.name.startswith("mobilenetv2"))
+        assert [o["output"] for o in report["outputs"]] == ["output", f"base ({base.name})"]
+        assert all(o["relative_difference"] <= PARITY_TOLERANCE for o in report["outputs"])
+        assert report["inputs"]["preprocessing"].startswith("none (the model preprocesses")
+        expected = "tf-keras" if writer == "keras2" else "Keras 3"
+        assert report["keras"].startswith(expected)
+        if writer == "keras3" and layout == "h5":
+            assert "rebuilt from the file's config" in report["keras"]
+
+
+def test_the_command_line_refuses_a_lambda_before_keras_sees_it(tmp_path, capsys):
+    from torch_mobilenets.cli import main
+
+    bad = _keras3_archive(tmp_path, _set(2, class_name="Lambda"))
+    for argv in (["convert", str(bad), str(tmp_path / "out.safetensors")], ["parity", str(bad)]):
+        assert main(argv) == 3
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and len(err) < 600
+        assert "layer 'pool' (Lambda)" in err
+    assert not (tmp_path / "out.safetensors").exists()

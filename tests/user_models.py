@@ -136,11 +136,16 @@ def _all_layers(model):
 
 
 def pixels(height, width, n=2, seed=0):
+    """Seeded NHWC pixels in [0, 255], smooth like photos; every other one a dark, low-contrast
+    picture, so that the images differ the way photos do (in brightness and contrast, not
+    only in noise a pooled head averages away)."""
     rng = np.random.default_rng(seed)
     coarse = rng.uniform(0, 255, (n, height // 8 + 2, width // 8 + 2, 3))
     smooth = np.repeat(np.repeat(coarse, 8, axis=1), 8, axis=2)[:, :height, :width]
     noise = rng.normal(0, 20, (n, height, width, 3))
-    return np.clip(np.round(smooth + noise), 0, 255).astype(np.float32)
+    images = np.clip(np.round(smooth + noise), 0, 255)
+    images[1::2] = np.round(images[1::2] * 0.3 + 10)
+    return images.astype(np.float32)
 
 
 def predict(model, x):

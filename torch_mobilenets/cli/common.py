@@ -64,8 +64,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
 
 
+# An error line stays readable: a library's message may quote a whole model config (100 KB).
+MAX_MESSAGE = 1200
+
+
 def fail(args: argparse.Namespace, message, code: int) -> int:
-    print(f"{args.prog}: error: {one_line(message)}", file=sys.stderr)
+    line = one_line(message)
+    if len(line) > MAX_MESSAGE and not getattr(args, "debug", False):
+        line = f"{line[: MAX_MESSAGE - 60]}... ({len(line)} characters; --debug shows them all)"
+    print(f"{args.prog}: error: {line}", file=sys.stderr)
     return code
 
 

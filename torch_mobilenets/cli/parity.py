@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..keras_io import build, describe_config, file_config, load_weights, read
+from ..keras_io import build, describe_config, file_config, load_model, load_weights, read
+from ..keras_io import config as model_config
+from ..keras_io.checkpoints import file_spec, official_config
 from ..keras_io.pairing import ARCHITECTURE_KEYS
 from ..pretrained.transforms import KerasPreprocessing
 from .common import (
@@ -152,6 +154,11 @@ def check(
     parts of the architecture, `input_shape` (channels first) builds both models static."""
     path = Path(path)
     keras_file = read(path)  # a bad file fails before TensorFlow starts
+    # A model config is read, and refused where we must, before any file reaches Keras: Keras
+    # 2 would run a Lambda's code while loading it.
+    spec = file_spec(keras_file)
+    if spec is not None and official_config(keras_file, spec) is None:
+        return check_user_model(path, keras_file, spec, images, size, seeded, tolerance)
     config = file_config(keras_file, **(known or {}))
     keras = import_keras()
     if input_shape is not None:
@@ -159,7 +166,12 @@ def check(
     family = config["family"]
     if family == "mobilenet_v3_backbone":
         import_keras_cv()
-    keras_model = _keras_model(keras, family, config, keras_file.layout, path, size)
+    loader = "Keras: the builder, load_weights"
+    if spec is not None:  # a full model of an official architecture: as Keras loads it
+        keras, keras_model, loader = _keras_user_model(path, keras_file, spec)
+        _drop_softmax(keras, keras_model)
+    else:
+        keras_model = _keras_model(keras, family, config, keras_file.layout, path, size)
     rows, cols = _input_size(keras_model, family, config, size)
     torch_config = _torch_config(keras, keras_model, config)
     torch_model = load_weights(build(torch_config), torch_weights or path).eval()
@@ -178,6 +190,7 @@ def check(
         "layout": keras_file.layout,
         "architecture": describe_config(config),
         "config": {k: config[k] for k in ARCHITECTURE_KEYS if k in config},
+        "keras": loader,
         "inputs": {
             "images": sources,
             "shape": list(keras_input.shape),
@@ -193,6 +206,135 @@ def check(
             torch_config, images, rows, cols, keras_input
         )
     return report
+
+
+def check_user_model(
+    path: Path, keras_file, spec, images, size, seeded: int, tolerance: float
+) -> dict:
+    """The parity report of a user's own model (`load_model`): every output, and the base's,
+    on the Keras that wrote the file (tf-keras for Keras 2's files, where installed), or the
+    model rebuilt in Keras 3 from its config (Keras 3 cannot reload its own full-model .h5)."""
+    torch_model = load_model(path)
+    keras, keras_model, loader = _keras_user_model(path, keras_file, spec)
+    static = tuple(keras_model.input_shape[1:3])
+    rows, cols = static if None not in static else (size or (DEFAULT_SIZE, DEFAULT_SIZE))
+    pixels, sources = _pixels(keras, images, rows, cols, seeded)
+    inside = _preprocesses_inside(spec)
+    keras_input = pixels if inside else (pixels / np.float32(127.5) - 1).astype(np.float32)
+    torch_input = torch.from_numpy(keras_input).permute(0, 3, 1, 2).contiguous()
+    base = torch_model.feature_layer
+    base_keras_name = torch_model.keras_names.get(base, base)
+    runner = keras.Model(
+        keras_model.inputs, [*keras_model.outputs, _output_of(keras_model, spec, base_keras_name)]
+    )
+    theirs = runner(keras_input, training=False)
+    theirs = [np.asarray(t, np.float32) for t in theirs]
+    with torch.inference_mode():
+        ours = torch_model(torch_input)
+        ours = list(ours) if isinstance(ours, tuple) else [ours]
+        ours.append(torch_model.forward_layers(torch_input, [base])[base])
+    names = [f"output {i}" if len(ours) > 2 else "output" for i in range(len(ours) - 1)]
+    outputs = []
+    for name, got, expected in zip([*names, f"base ({base_keras_name})"], ours, theirs):
+        got = got.numpy()
+        outputs.append(
+            _compare(name, got.transpose(0, 2, 3, 1) if got.ndim == 4 else got, expected)
+        )
+    return {
+        "file": str(path),
+        "layout": keras_file.layout,
+        "architecture": describe_config(torch_model.config),
+        "config": {"family": model_config.SPEC_FAMILY, "name": spec.name},
+        "keras": loader,
+        "inputs": {
+            "images": sources,
+            "shape": list(keras_input.shape),
+            "preprocessing": "none (the model preprocesses inside)"
+            if inside
+            else "pixels / 127.5 - 1 (the base's [-1, 1]; the model has no preprocessing)",
+        },
+        "outputs": outputs,
+        "tolerance": tolerance,
+        "within_tolerance": all(o["relative_difference"] <= tolerance for o in outputs),
+        "versions": _versions(keras),
+    }
+
+
+def _output_of(keras_model, spec, name: str):
+    """Layer `name`'s output in the model's own graph: a nested model's `.output` is that of
+    its inner graph, so it is taken as the input of the layer that reads it."""
+    reader = next((layer for layer in spec.layers if ("tensor", name) in layer.inbound), None)
+    if reader is None or reader.class_name not in model_config.LAYERS:
+        return keras_model.get_layer(name).output
+    inputs = keras_model.get_layer(reader.name).input
+    if isinstance(inputs, list | tuple):
+        return inputs[[ref for _, ref in reader.inbound].index(name)]
+    return inputs
+
+
+def _preprocesses_inside(spec) -> bool:
+    """Whether a Rescaling, Normalization or preprocess_input's arithmetic comes before the
+    first weighted layer."""
+    return _first_preprocessing(spec) is True
+
+
+def _first_preprocessing(spec) -> bool | None:
+    """True: preprocessing comes first; False: a weighted layer; None: neither (so far)."""
+    for layer in spec.layers:
+        if layer.class_name in model_config.MODELS:
+            found = _first_preprocessing(layer.args["model"])
+            if found is not None:
+                return found
+        elif layer.class_name in ("Rescaling", "Normalization", "Scale"):
+            return True
+        elif getattr(model_config.LAYERS.get(layer.class_name), "kind", "") == "weighted":
+            return False
+    return None
+
+
+def _keras_user_model(path: Path, keras_file, spec):
+    """(keras module, model, how it was loaded)."""
+    if spec.keras_version == 2 and importlib.util.find_spec("tf_keras") is not None:
+        import_keras()
+        import tf_keras
+
+        return (
+            tf_keras,
+            tf_keras.models.load_model(path, compile=False),
+            (f"tf-keras {tf_keras.__version__} (Keras 2, the file's writer): load_model"),
+        )
+    keras = import_keras()
+    if keras_file.layout == "keras_archive" and spec.keras_version == 3:
+        return keras, keras.models.load_model(path, compile=False), "Keras 3: load_model"
+    # Keras 3 cannot reload its own full-model .h5 (its legacy loader passes the constants of
+    # `x + 3.0` as layer inputs): the config, with the modules its own format records, is
+    # rebuilt by Keras 3's deserializer, then the weights loaded.
+    raw = _with_modules(json.loads(json.dumps(keras_file.model_config)))
+    model = keras.models.model_from_json(json.dumps(raw))
+    model.load_weights(str(path))
+    return keras, model, f"Keras {keras.__version__}: rebuilt from the file's config, load_weights"
+
+
+def _with_modules(entry: dict) -> dict:
+    """A legacy config's layers with the `module` Keras 3's deserializer looks classes up in:
+    models', operations' (a constant operand) and layers'."""
+    class_name = entry.get("class_name")
+    nodes = entry.get("inbound_nodes") or []
+    constant = any(
+        type(a) in (int, float) for n in nodes if isinstance(n, dict) for a in n.get("args", [])
+    )
+    if class_name in ("Functional", "Model", "Sequential"):
+        kind = "sequential" if class_name == "Sequential" else "functional"
+        entry.setdefault("module", f"keras.src.models.{kind}")
+        entry.setdefault("registered_name", "Sequential" if kind == "sequential" else "Functional")
+        for layer in entry["config"]["layers"]:
+            _with_modules(layer)
+    elif constant and class_name in model_config.OPERATIONS:
+        entry.setdefault("module", "keras.src.ops.numpy")
+        entry.setdefault("registered_name", class_name)
+    else:
+        entry.setdefault("module", "keras.layers")
+    return entry
 
 
 def import_keras():
@@ -235,10 +377,6 @@ def keras_application(keras, family: str, config: dict, input_shape: tuple | Non
 
 
 def _keras_model(keras, family: str, config: dict, layout: str, path: Path, size: tuple | None):
-    if layout in ("legacy_full_model_h5", "keras_archive"):
-        model = keras.models.load_model(path, compile=False)
-        _drop_softmax(keras, model)
-        return model
     if family == "mobilenet_v3_backbone":
         keras_cv = import_keras_cv()
         if layout == "keras_cv_preset":
@@ -397,7 +535,7 @@ def _outputs(keras, keras_model, torch_model, keras_input: np.ndarray, torch_inp
         yield (
             (output_name if name == "output" else name),
             got,
-            np.asarray(keras.ops.convert_to_numpy(expected), np.float32),
+            np.asarray(expected, np.float32),
         )
 
 
@@ -423,7 +561,7 @@ def _versions(keras) -> dict:
     versions = {
         "torch-mobilenets": __version__,
         "torch": torch.__version__,
-        "keras": keras.__version__,
+        "tf-keras" if keras.__name__ == "tf_keras" else "keras": keras.__version__,
         "keras backend": keras.backend.backend(),
     }
     backend = sys.modules.get(
@@ -443,6 +581,7 @@ def format_report(report: dict) -> str:
     )
     lines = [
         f"{report['file']}: {report['architecture']} ({report['layout']})",
+        *([f"keras: {report['keras']}"] if "keras" in report else []),
         f"inputs: {images}, NHWC {tuple(inputs['shape'])}, {inputs['preprocessing']}",
     ]
     if "ours_vs_keras_preprocessing" in inputs:
@@ -450,8 +589,10 @@ def format_report(report: dict) -> str:
             "our KerasPreprocessing vs Keras' pipeline: max |difference| "
             f"{inputs['ours_vs_keras_preprocessing']:.1e}"
         )
+    width = max(10, *(len(o["output"]) for o in report["outputs"]))
     header = (
-        f"{'output':10s} {'shape':22s} {'max abs':>9s} {'relative':>9s} {'top-1':>6s} {'top-5':>6s}"
+        f"{'output':{width}s} {'shape':22s} {'max abs':>9s} {'relative':>9s} {'top-1':>6s} "
+        f"{'top-5':>6s}"
     )
     lines += ["", header, "-" * len(header)]
     for o in report["outputs"]:
@@ -459,7 +600,7 @@ def format_report(report: dict) -> str:
             f"{o[k]:6.0%}" if k in o else f"{'-':>6s}" for k in ("top1_agreement", "top5_agreement")
         ]
         lines.append(
-            f"{o['output']:10s} {tuple(o['shape'])!s:22s} "
+            f"{o['output']:{width}s} {tuple(o['shape'])!s:22s} "
             f"{o['max_abs_difference']:9.2e} {o['relative_difference']:9.2e} " + " ".join(agreement)
         )
     verdict = "within" if report["within_tolerance"] else "OUTSIDE"
