@@ -24,6 +24,7 @@ RUNTIME_IMPORTS = {"torch", "numpy", "h5py", "safetensors", "PIL", "tqdm"}
 OPTIONAL_IMPORTS = {
     "keras": {"torch_mobilenets.cli.parity"},
     "keras_cv": {"torch_mobilenets.cli.parity"},
+    "tf_keras": {"torch_mobilenets.cli.parity"},  # Keras 2 files; installed without its deps
     "msvcrt": {"torch_mobilenets.pretrained.download"},
 }
 DISTRIBUTIONS = {"pillow": "PIL"}  # distribution name -> the module it installs

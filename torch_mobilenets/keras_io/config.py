@@ -57,6 +57,9 @@ class Layer:
     args: dict
     inbound: list
     trainable: bool = True
+    # Called with training=False in a file Keras 2 wrote, which honours it in training too
+    # (Keras 3 lets the model's own training flag win).
+    inference: bool = False
 
     def to_json(self) -> dict:
         args = dict(self.args)
@@ -68,6 +71,7 @@ class Layer:
             "args": args,
             "inbound": [list(i) for i in self.inbound],
             "trainable": self.trainable,
+            "inference": self.inference,
         }
 
 
@@ -729,11 +733,17 @@ def _layer(entry, version: int, depth: int, counter: list, sequential: bool = Fa
         raise ConfigError(f"{where}: its config is not a JSON object")
     _refuse_foreign(entry, where)
     trainable = config.get("trainable", True) is not False
-    inbound = [] if sequential else _inbound(entry, version, where)
+    inbound, training = ([], None) if sequential else _inbound(entry, version, where)
+    if version == 2 and training is True:
+        raise ConfigError(
+            f"{where}: called with training=True, which Keras 2 keeps at inference (random "
+            "dropout or batch statistics in predictions); not computed here"
+        )
+    inference = version == 2 and training is False
     if class_name in MODELS and isinstance(config.get("layers"), list):
         inner = _model(entry, version, depth + 1, counter)
         inner.trainable = trainable and inner.trainable
-        return Layer(class_name, name, {"model": inner}, inbound, trainable)
+        return Layer(class_name, name, {"model": inner}, inbound, trainable, inference)
     if class_name == "InputLayer":
         shape = _batch_shape(config, where)
         if shape is None:
@@ -755,7 +765,7 @@ def _layer(entry, version: int, depth: int, counter: list, sequential: bool = Fa
             f"{where}: called on {len(tensors)} tensors and {len(inbound) - len(tensors)} "
             f"constants; expected {'two or more tensors' if expected == 2 else 'one tensor'}"
         )
-    return Layer(class_name, name, args, inbound, trainable)
+    return Layer(class_name, name, args, inbound, trainable, inference)
 
 
 def _refuse_foreign(entry: dict, where: str) -> None:
@@ -870,13 +880,14 @@ def _argument(value, where: str) -> tuple:
     )
 
 
-def _inbound(entry: dict, version: int, where: str) -> list:
-    """What a layer is called on, as ("tensor", layer name) and ("constant", number) pairs."""
+def _inbound(entry: dict, version: int, where: str) -> tuple[list, bool | None]:
+    """What a layer is called on, as ("tensor", layer name) and ("constant", number) pairs,
+    and the `training` argument it is called with, if any."""
     nodes = entry.get("inbound_nodes", [])
     if not isinstance(nodes, list):
         raise ConfigError(f"{where}: inbound_nodes is not a list")
     if not nodes:
-        return []
+        return [], None
     if len(nodes) > 1:
         raise ConfigError(
             f"{where}: called {len(nodes)} times; a layer shared between calls is not supported"
@@ -899,6 +910,7 @@ def _inbound(entry: dict, version: int, where: str) -> list:
             args.append(_argument(value, where))
             if len(value) > 3 and isinstance(value[3], dict):
                 kwargs.update(value[3])
+    training = (kwargs or {}).get("training")
     for key, value in (kwargs or {}).items():
         if key in ("training", "mask", "name") or value is None:
             continue
@@ -908,7 +920,7 @@ def _inbound(entry: dict, version: int, where: str) -> list:
         raise ConfigError(
             f"{where}: called with argument {key}={reader.one_line(repr(value))[:60]}"
         )
-    return args
+    return args, training if isinstance(training, bool) else None
 
 
 def _references(value, where: str) -> list:
@@ -1040,7 +1052,16 @@ def _spec_from_json(data, depth: int, counter: list) -> Spec:
             args = LAYERS[class_name].parse(_Args(_keras_args(args), where))
         else:
             raise ConfigError(f"{where}: a layer class torch-mobilenets does not compute")
-        layers.append(Layer(class_name, name, args, refs, entry.get("trainable") is not False))
+        layers.append(
+            Layer(
+                class_name,
+                name,
+                args,
+                refs,
+                entry.get("trainable") is not False,
+                entry.get("inference") is True,
+            )
+        )
     outputs = data.get("outputs")
     if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
         raise ConfigError("a recorded model without outputs")
@@ -1092,7 +1113,7 @@ def _build(spec: Spec, top: bool) -> KerasModel:
         config["spec"] = spec.to_json()
     model = KerasModel(spec.name, tuple(input_layer.args["shape"]), config)
     values: dict[str, KerasTensor] = {spec.input: model.input()}
-    augmentation, frozen = [], []
+    augmentation, frozen, inference = [], [], []
     for layer in spec.layers:
         if layer.class_name == "InputLayer":
             continue
@@ -1118,11 +1139,14 @@ def _build(spec: Spec, top: bool) -> KerasModel:
                 )
         if not layer.trainable or not spec.trainable:
             frozen.append(layer.name)
+        if layer.inference:
+            inference.append(_key(values, layer.name, model))
     model.output_nodes = tuple(
         model.layer_names.index(_key(values, o, model)) + 1 for o in spec.outputs
     )
     model.feature_layer = _feature_layer(model, values, spec)
     model.augmentation_layers = tuple(augmentation)
+    model.inference_layers = tuple(inference)
     model.freeze_layers(model.layer_names[values[name].node - 1] for name in frozen)
     return model
 

@@ -73,6 +73,9 @@ class KerasModel(nn.Module):
         self.keras_names: dict[str, str] = {}
         # Keras' augmentation layers (`RandomFlip`, ...): the identity here, in training too.
         self.augmentation_layers: tuple[str, ...] = ()
+        # Layers that run in inference mode even when the model trains (Keras 2's
+        # `base(x, training=False)`).
+        self.inference_layers: tuple[str, ...] = ()
 
     def input(self) -> KerasTensor:
         return KerasTensor(0, self.input_shape)
@@ -241,7 +244,10 @@ class KerasModel(nn.Module):
                 stacklevel=2,
             )
             self._warned_augmentation = True
-        return super().train(mode)
+        super().train(mode)
+        for name in self.inference_layers:
+            self._layer(name).train(False)
+        return self
 
     def unfreeze(self) -> None:
         for name in self.layer_names:
@@ -311,6 +317,13 @@ class KerasModel(nn.Module):
 
     def __setstate__(self, state):  # the cached programs are remade (an older release's too)
         state.pop("_plan", None)
+        for name, default in (
+            ("output_nodes", ()),
+            ("keras_names", {}),
+            ("augmentation_layers", ()),
+            ("inference_layers", ()),
+        ):
+            state.setdefault(name, default)  # a model pickled before they were kept
         super().__setstate__({**state, "_programs": None})
 
     def _check_input(self, x: torch.Tensor) -> None:
