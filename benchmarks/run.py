@@ -74,6 +74,7 @@ from torch import nn
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE  # noqa: E402 (after the path)
 
 FAMILIES = {
     # family: (Keras arguments, torchvision builder, timm model)
@@ -106,7 +107,7 @@ FOLDED = "ours folded (public ops)"
 OURS_COMPILED = "ours compiled (compile=True)"
 # max |difference| / max(1, max |ours eager|), the parity tests' measure and tolerance: past it a
 # contender computes something else, and its time means nothing.
-TOLERANCE = 1e-4
+TOLERANCE = PARITY_TOLERANCE
 
 
 def calibrate(model: torch.nn.Module, size: int = 224) -> torch.nn.Module:

@@ -23,6 +23,7 @@ import torch
 import torch._dynamo
 
 import torch_mobilenets as tm
+from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
 
 HAVE_KERAS = all(importlib.util.find_spec(name) is not None for name in ("keras", "tensorflow"))
 KERAS_REASON = (
@@ -31,7 +32,6 @@ KERAS_REASON = (
 )
 
 # max |logit difference| / max(1, max |Keras logit|)
-PARITY_TOLERANCE = 1e-4
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -108,6 +108,35 @@ def test_a_layer_sharing_its_input_blocks_writing_into_that_input():
     torch.testing.assert_close(kept["conv"], conv)
 
 
+class _View(torch.nn.Module):
+    """A layer the planner has never heard of, returning a view of its input."""
+
+    def forward(self, x):
+        return x[:, :, :, :]
+
+    def output_shape(self, shape):
+        return shape
+
+
+def test_an_unlisted_layer_is_taken_to_share_its_input():
+    """Writing in place is the opt-in: a layer not known to return fresh memory (a new one, a
+    view) keeps its input from being written into while the view is still read."""
+    graph = KerasModel("view", (2, 4, 4), {})
+    x = graph.add("conv", layers.Conv2d(2, 2, 1, bias=True), graph.input())
+    view = graph.add("view", _View(), x)
+    activated = graph.add("relu", layers.ReLU(), x)
+    graph.add("residual", layers.Add(), view, activated)
+    graph.eval()
+    steps = {s.name: s.how for s in _plan(graph, frozenset())}
+    assert steps["relu"] is How.CALL
+    x = torch.randn(3, 2, 4, 4)
+    conv = graph.get_submodule("conv")(x)
+    with torch.no_grad():
+        torch.testing.assert_close(graph(x), conv + conv.relu())
+    # while a listed layer's output is written into once its readers are done
+    assert layers.Conv2d in layers.FRESH_OUTPUT and _View not in layers.FRESH_OUTPUT
+
+
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_batchnorm_in_place_is_bit_for_bit_the_same(layout):
     bn = trained_like(layers.BatchNorm2d(16))

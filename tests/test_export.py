@@ -19,9 +19,10 @@ from helpers import trained_like
 
 import torch_mobilenets as tm
 from benchmarks import deploy
+from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
 from torch_mobilenets.nn.layers import Conv2d
 
-TOLERANCE = 1e-4  # relative, as the parity tests: max |diff| / max(1, max |eager|)
+TOLERANCE = PARITY_TOLERANCE  # relative, as the parity tests: max |diff| / max(1, max |eager|)
 # None: the dynamic default, exported with free batch and spatial sizes, checked at several.
 STATIC, ODD, DYNAMIC = 224, 225, None
 CHECKED_SIZES = {

@@ -162,7 +162,7 @@ def test_an_official_model_saved_whole_still_converts_as_official(tmp_path):
 def head_zoo(layers, x):
     """Every head layer we compute, in one model with two outputs."""
     a = layers.Conv2D(24, 3, padding="same", activation="relu", name="head_conv")(x)
-    a = layers.BatchNormalization(name="head_bn")(a)
+    a = layers.BatchNormalization(center=False, name="head_bn")(a)
     a = layers.SeparableConv2D(16, (3, 1), padding="same", name="head_separable")(a)
     a = layers.PReLU(shared_axes=[1, 2], name="head_prelu")(a)
     b = layers.DepthwiseConv2D(3, padding="valid", name="head_depthwise")(x)
@@ -184,7 +184,7 @@ def head_zoo(layers, x):
     y = layers.GaussianNoise(0.1, name="head_noise")(y)
     y = layers.Dense(32, activation="gelu", name="head_dense")(y)
     y = layers.LayerNormalization(name="head_layer_norm")(y)
-    y = layers.BatchNormalization(name="head_bn_1d")(y)
+    y = layers.BatchNormalization(scale=False, name="head_bn_1d")(y)
     y = layers.GaussianDropout(0.1, name="head_gaussian_dropout")(y)
     y = layers.ReLU(max_value=4.0, negative_slope=0.1, threshold=0.5, name="head_relu")(y)
     y = layers.Reshape((4, 4, 2), name="head_reshape")(y)
@@ -217,6 +217,35 @@ def test_preprocessing_layers_inside(writer, tmp_path):
     um.calibrate(writer, keras_model, base, "mobilenet", (96, 96, 3), 2, "head")
     # the calibration fed the base pixels; what it computes on normalised input still varies
     check_layouts(writer, keras_model, tmp_path, um.pixels(96, 96, seed=3))
+
+
+RESIZINGS = [
+    ("bilinear", {}),
+    ("nearest", {"interpolation": "nearest"}),
+    ("aspect", {"crop_to_aspect_ratio": True}),
+]
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("name,kwargs", RESIZINGS, ids=[r[0] for r in RESIZINGS])
+def test_resizing_and_center_crop_inside(writer, name, kwargs, tmp_path):
+    """`Resizing` (down and up, both ways round) or `CenterCrop` (a crop, or Keras' resize up
+    when the input is smaller) before the base, at every input size the model takes."""
+    keras = um.keras_module(writer)
+    layers = keras.layers
+    keras.utils.set_random_seed(6)
+    base = um.base_model(writer, "mobilenet", (64, 80, 3), alpha=0.25)
+    inputs = keras.Input((None, None, 3))
+    if name == "aspect":  # CenterCrop too, in the same model: 48x60 is smaller than some inputs
+        x = layers.CenterCrop(48, 60)(inputs)
+        x = layers.Resizing(64, 80, **kwargs)(x)
+    else:
+        x = layers.Resizing(64, 80, **kwargs)(inputs)
+    x = base(layers.Rescaling(1 / 127.5, offset=-1)(x))
+    keras_model = keras.Model(inputs, layers.Dense(3)(layers.GlobalAveragePooling2D()(x)))
+    um.calibrate(writer, keras_model, base, "mobilenet", (64, 80, 3), 6, "head")
+    for size in ((96, 96), (45, 131), (71, 50)):
+        check_layouts(writer, keras_model, tmp_path / f"{size[0]}", um.pixels(*size), ["h5"])
 
 
 def test_a_checkpoint_rebuilds_the_model_without_keras(tmp_path):
@@ -316,6 +345,7 @@ def _reads(index, name):
     return edit
 
 
+RESIZE = {"name": "conv", "height": 16, "width": 16}
 REFUSALS = [
     (_set(2, class_name="Lambda"), r"layer 'pool' \(Lambda\): a Lambda layer holds Python code"),
     (
@@ -328,6 +358,18 @@ REFUSALS = [
     (_set_config(3, units=2**31), r"layer 'dense' \(Dense\): argument units=2147483648"),
     (_set_config(1, dilation_rate=[2, 2], strides=[2, 2]), r"layer 'conv' \(Conv2D\).*dilation"),
     (_set_config(1, padding="causal"), r"layer 'conv' \(Conv2D\): argument padding='causal'"),
+    (
+        _set(1, class_name="Resizing", config=RESIZE | {"interpolation": "bicubic"}),
+        r"layer 'conv' \(Resizing\): argument interpolation='bicubic': expected one of",
+    ),
+    (
+        _set(1, class_name="Resizing", config=RESIZE | {"antialias": True}),
+        r"layer 'conv' \(Resizing\): argument antialias=True: expected false",
+    ),
+    (
+        _set(2, class_name="BatchNormalization", config={"name": "pool", "renorm": True}),
+        r"layer 'pool' \(BatchNormalization\): argument renorm=True",
+    ),
 ]
 
 

@@ -21,12 +21,11 @@ from pathlib import Path
 
 from ..keras_io import sha256
 from ..keras_io.atomic import atomic_write_text
+from ..keras_io.parity import PARITY_TOLERANCE
 from ..pretrained.download import converted_checkpoint
 from ..pretrained.registry import Checkpoint, list_weights
 from . import parity as parity_check
 
-# Relative to max(1, max |Keras output|), as the parity tests measure it.
-PARITY_TOLERANCE = 1e-4
 IMAGES = 4
 
 

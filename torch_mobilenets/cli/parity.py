@@ -30,6 +30,7 @@ from ..keras_io import build, describe_config, file_config, load_model, load_wei
 from ..keras_io import config as model_config
 from ..keras_io.checkpoints import file_spec, official_config
 from ..keras_io.pairing import ARCHITECTURE_KEYS
+from ..keras_io.parity import PARITY_TOLERANCE
 from ..pretrained.transforms import KerasPreprocessing
 from .common import (
     EXIT_BAD_INPUT,
@@ -43,7 +44,7 @@ from .common import (
 EXIT_OUTSIDE_TOLERANCE = 1
 EXIT_NO_KERAS = 4
 EXIT_INTERNAL = 5  # not 1, which says the outputs differ
-DEFAULT_TOLERANCE = 1e-4
+DEFAULT_TOLERANCE = PARITY_TOLERANCE
 DEFAULT_SIZE = 224
 SEEDED_IMAGES = 4
 KERAS_EXTRA = "pip install 'torch-mobilenets[keras]'"

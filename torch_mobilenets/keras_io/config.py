@@ -234,12 +234,15 @@ def _parse_separable(a: _Args) -> dict:
 
 def _parse_batch_norm(a: _Args) -> dict:
     axis = a.last_axis()
-    for key in ("center", "scale"):
-        if not a.boolean(key, True):
-            raise a.fail(key, "true (a BatchNormalization without gamma or beta is not supported)")
     if a.get("renorm"):
         raise a.fail("renorm", "false")
-    return {**axis, "momentum": a.number("momentum", 0.99), "epsilon": a.number("epsilon", 1e-3)}
+    return {
+        **axis,
+        "momentum": a.number("momentum", 0.99),
+        "epsilon": a.number("epsilon", 1e-3),
+        "center": a.boolean("center", True),
+        "scale": a.boolean("scale", True),
+    }
 
 
 def _parse_layer_norm(a: _Args) -> dict:
@@ -306,6 +309,28 @@ def _parse_pooling(a: _Args) -> dict:
         "pool_size": pool,
         "strides": pool if strides is None else a.pair("strides"),
         "padding": a.choice("padding", "valid", ("valid", "same")),
+    }
+
+
+def _parse_crop(a: _Args) -> dict:
+    a.channels_last()
+    return {
+        "height": a.integer("height", high=MAX_SIZE),
+        "width": a.integer("width", high=MAX_SIZE),
+    }
+
+
+def _parse_resizing(a: _Args) -> dict:
+    # Bicubic and the others weigh neighbours unlike PyTorch's kernels; antialiasing and
+    # padding to the aspect ratio are not computed here.
+    interpolation = a.choice("interpolation", "bilinear", ("bilinear", "nearest"))
+    for key in ("antialias", "pad_to_aspect_ratio"):
+        if a.boolean(key, False):
+            raise a.fail(key, "false (not computed here)")
+    return {
+        **_parse_crop(a),
+        "interpolation": interpolation,
+        "crop_to_aspect_ratio": a.boolean("crop_to_aspect_ratio", False),
     }
 
 
@@ -435,7 +460,13 @@ def _make_separable(args: dict, shapes: list, _: int) -> nn.Module:
 
 
 def _make_batch_norm(args: dict, shapes: list, _: int) -> nn.Module:
-    return L.BatchNorm2d(_channels(shapes), args["momentum"], args["epsilon"])
+    return L.BatchNorm2d(
+        _channels(shapes),
+        args["momentum"],
+        args["epsilon"],
+        args.get("center", True),  # a checkpoint written before they were read
+        args.get("scale", True),
+    )
 
 
 def activation(name: str, keras_version: int) -> nn.Module:
@@ -584,6 +615,19 @@ LAYERS: dict[str, LayerKind] = {
     "Softmax": LayerKind(_parse_softmax, _const(lambda a: L.Softmax())),
     # preprocessing
     "Rescaling": LayerKind(_parse_rescaling, _make_rescaling),
+    "Resizing": LayerKind(
+        _parse_resizing,
+        _spatial_input(
+            _const(
+                lambda a: L.Resizing(
+                    a["height"], a["width"], a["interpolation"], a["crop_to_aspect_ratio"]
+                )
+            )
+        ),
+    ),
+    "CenterCrop": LayerKind(
+        _parse_crop, _spatial_input(_const(lambda a: L.CenterCrop(a["height"], a["width"])))
+    ),
     "Normalization": LayerKind(_parse_normalization, _make_normalization, "weighted"),
     # the identity at inference
     "Dropout": LayerKind(_parse_rate, _const(lambda a: L.Dropout(a["rate"])), "dropout"),

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .layers import SHARES_INPUT, ZeroPadding2D, capturing_graph
+from .layers import FRESH_OUTPUT, ZeroPadding2D, capturing_graph
 
 
 class KerasTensor(NamedTuple):
@@ -414,9 +414,9 @@ def _plan(model: KerasModel, keep: frozenset) -> list:
     readers = readers_of(s.inputs for s in steps)  # as the plan runs, after the folding
 
     def shares_input(step: int) -> bool:  # may return its input, or a view of it
-        # A nested model may return its input, or a view of it, too.
+        # A nested model may, too: it is not listed.
         return (
-            isinstance(model._layer(steps[step - 1].name), (*SHARES_INPUT, KerasModel))
+            not isinstance(model._layer(steps[step - 1].name), FRESH_OUTPUT)
             or steps[step - 1].how is How.ALIAS
         )
 

@@ -222,8 +222,12 @@ def fold_batch_norms(model: KerasModel) -> KerasModel:
         if not isinstance(conv, Conv2d):
             continue
         with torch.no_grad():
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            shift = bn.bias - bn.running_mean * scale
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
             if conv.bias is not None:
                 shift = shift + conv.bias * scale
             conv.weight.mul_(scale.reshape(-1, 1, 1, 1))

@@ -358,9 +358,19 @@ class BatchNorm2d(nn.BatchNorm2d):
     _KERAS_ORDER = ("weight", "bias", "running_mean", "running_var")
 
     def __init__(
-        self, num_features: int, momentum: float = 0.99, epsilon: float = KERAS_BN_EPSILON
+        self,
+        num_features: int,
+        momentum: float = 0.99,
+        epsilon: float = KERAS_BN_EPSILON,
+        center: bool = True,
+        scale: bool = True,
     ):
         super().__init__(num_features, eps=epsilon, momentum=1.0 - momentum)
+        # Keras' `center=False` / `scale=False`: no beta / gamma, as PyTorch allows either alone.
+        if not scale:
+            self.register_parameter("weight", None)
+        if not center:
+            self.register_parameter("bias", None)
         # Keras' `trainable`: a frozen BatchNormalization runs in inference mode even in
         # training (see KerasModel.freeze).
         self.trainable = True
@@ -404,20 +414,25 @@ class BatchNorm2d(nn.BatchNorm2d):
     def output_shape(self, shape: Shape) -> Shape:
         return shape
 
+    def _kept(self) -> list[tuple[str, str]]:
+        """(Keras name, our name) of the variables this layer has."""
+        pairs = zip(["gamma", "beta", "moving_mean", "moving_variance"], self._KERAS_ORDER)
+        return [(k, ours) for k, ours in pairs if getattr(self, ours) is not None]
+
     def keras_variables(self) -> list[str]:
-        return ["gamma", "beta", "moving_mean", "moving_variance"]
+        return [k for k, _ in self._kept()]
 
     def keras_shapes(self) -> list[tuple]:
-        return [(self.num_features,)] * 4
+        return [(self.num_features,)] * len(self._kept())
 
     def from_keras(self, arrays: Sequence[np.ndarray]) -> dict[str, torch.Tensor]:
         _check_keras_shapes(self, arrays)
-        state = {name: _tensor(a) for name, a in zip(self._KERAS_ORDER, arrays)}
+        state = {ours: _tensor(a) for (_, ours), a in zip(self._kept(), arrays)}
         state["num_batches_tracked"] = torch.tensor(0)  # Keras keeps no step count
         return state
 
     def to_keras(self) -> list[np.ndarray]:
-        return [_numpy(getattr(self, name)) for name in self._KERAS_ORDER]
+        return [_numpy(getattr(self, ours)) for _, ours in self._kept()]
 
 
 class Dense(_KerasInitialized, nn.Linear):
@@ -1099,6 +1114,68 @@ class Merge(nn.Module):
         return self.op
 
 
+def _aspect_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Keras' `smart_resize` crop: the largest centred window of the target's aspect ratio,
+    its size and offset truncated as Keras truncates them."""
+    rows, cols = x.shape[2], x.shape[3]
+    crop_rows = max(min(rows, int(cols * height / width)), 1)
+    crop_cols = max(min(cols, int(rows * width / height)), 1)
+    top, left = int((rows - crop_rows) / 2), int((cols - crop_cols) / 2)
+    return x[:, :, top : top + crop_rows, left : left + crop_cols]
+
+
+def _resize(x: torch.Tensor, height: int, width: int, interpolation: str) -> torch.Tensor:
+    # TensorFlow's resize samples at half-pixel centres, without antialiasing: PyTorch's
+    # align_corners=False bilinear, and its "nearest-exact" (not the legacy "nearest").
+    if interpolation == "nearest":
+        return F.interpolate(x, size=(height, width), mode="nearest-exact")
+    return F.interpolate(
+        x, size=(height, width), mode="bilinear", align_corners=False, antialias=False
+    )
+
+
+class Resizing(nn.Module):
+    """Keras `Resizing` (bilinear or nearest, without antialiasing), optionally cropped to the
+    target's aspect ratio first (`crop_to_aspect_ratio`)."""
+
+    keras_class = "Resizing"
+
+    def __init__(self, height: int, width: int, interpolation: str, crop_to_aspect_ratio: bool):
+        super().__init__()
+        self.height, self.width = height, width
+        self.interpolation, self.crop_to_aspect_ratio = interpolation, crop_to_aspect_ratio
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop_to_aspect_ratio:
+            x = _aspect_crop(x, self.height, self.width)
+        return _resize(x, self.height, self.width, self.interpolation)
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0], self.height, self.width)
+
+
+class CenterCrop(nn.Module):
+    """Keras `CenterCrop`: the central window; an input smaller than the target on either side
+    is cropped to the target's aspect ratio and resized up (bilinear), as Keras does."""
+
+    keras_class = "CenterCrop"
+
+    def __init__(self, height: int, width: int):
+        super().__init__()
+        self.height, self.width = height, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows, cols = x.shape[2], x.shape[3]
+        if rows >= self.height and cols >= self.width:
+            top, left = (rows - self.height) // 2, (cols - self.width) // 2
+            return x[:, :, top : top + self.height, left : left + self.width]
+        cropped = _aspect_crop(x, self.height, self.width)
+        return _resize(cropped, self.height, self.width, "bilinear")
+
+    def output_shape(self, shape: Shape) -> Shape:
+        return (shape[0], self.height, self.width)
+
+
 class LayerNormalization(nn.Module):
     """Keras `LayerNormalization` over channels (axis -1)."""
 
@@ -1177,17 +1254,39 @@ class SeparableConv2d(nn.Module):
         return self.depthwise.to_keras() + self.pointwise.to_keras()
 
 
-# Layers whose output may be their input itself or a view of it (Dropout in inference returns
-# its input; a user's activation may too): nothing may be written into such an output while the
-# input is still read, nor the other way round.
-SHARES_INPUT = (
-    nn.Identity,
-    nn.Dropout,
-    Flatten,
-    Activation,
-    Reshape,
-    GaussianNoise,
-    GaussianDropout,
+# Layers whose output is always fresh memory, never their input or a view of it: the model
+# may write into such an output in place once its readers are done. Any other layer (Dropout in
+# inference returns its input, Flatten and Reshape return views, a user's activation may return
+# its input) is taken to share its input's memory, so a new layer is safe until it is listed.
+FRESH_OUTPUT = (
+    Conv2d,  # and DepthwiseConv2d, FusedConv2d
+    BatchNorm2d,
+    Dense,
+    ReLU,
+    ReLU6,
+    HardSwish,
+    HardSigmoid,
+    ClippedReLU,
+    LeakyReLU,
+    ELU,
+    PReLU,
+    Softmax,
+    LogSoftmax,
+    Rescaling,
+    Scale,
+    Normalization,
+    ZeroPadding2D,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    GlobalPooling2D,
+    Pooling2D,
+    Add,
+    Multiply,
+    Merge,
+    Concatenate,
+    SqueezeAndExcite2D,
+    LayerNormalization,
+    SeparableConv2d,
 )
 
 WEIGHTED_LAYERS = (Conv2d, DepthwiseConv2d, BatchNorm2d, Dense, SqueezeAndExcite2D)
