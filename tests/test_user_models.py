@@ -22,6 +22,7 @@ from helpers import PARITY_TOLERANCE, keras_reference
 
 import torch_mobilenets as tm
 from torch_mobilenets.keras_io import WeightsFileError
+from torch_mobilenets.models.mobilenet_v3_backbone import MobileNetV3Backbone as KerasCVBackbone
 
 keras_reference()  # skips this module, with the reason, without Keras
 pytestmark = pytest.mark.keras
@@ -248,6 +249,48 @@ def test_resizing_and_center_crop_inside(writer, name, kwargs, tmp_path):
         check_layouts(writer, keras_model, tmp_path / f"{size[0]}", um.pixels(*size), ["h5"])
 
 
+def test_a_keras_cv_backbone_nested_in_a_users_model(tmp_path, capsys):
+    """KerasCV's MobileNetV3Backbone as the base of a user's model (Keras 3 only, as KerasCV):
+    built from the arguments its config records, its weights paired inside the user's file."""
+    keras = um.keras_module("keras3")
+    keras_cv = pytest.importorskip("keras_cv")
+    layers = keras.layers
+    keras.utils.set_random_seed(7)
+    base = keras_cv.models.MobileNetV3Backbone(
+        stackwise_expansion=[1, 4, 6],
+        stackwise_filters=[16, 24, 40],
+        stackwise_kernel_size=[3, 3, 5],
+        stackwise_stride=[2, 2, 2],
+        stackwise_se_ratio=[0.25, None, 0.25],
+        stackwise_activation=["relu", "relu", "hard_swish"],
+        input_shape=(97, 113, 3),
+        include_rescaling=True,
+        alpha=0.75,
+    )
+    inputs = keras.Input((97, 113, 3))
+    x = layers.GlobalAveragePooling2D()(base(inputs))
+    keras_model = keras.Model(inputs, layers.Dense(3, name="classes")(layers.Dropout(0.3)(x)))
+    um.calibrate("keras3", keras_model, base, "mobilenet_v3_small", (97, 113, 3), 7, "head")
+    # Keras 3 cannot write KerasCV's layers into a full-model .h5 (its squeeze-excite's
+    # activation does not deserialize): the layouts it can write
+    worst = check_layouts(
+        "keras3", keras_model, tmp_path, um.pixels(97, 113), ["keras", "weights_json"]
+    )
+    model = tm.load_model(um.save(keras_model, "keras3", "keras", tmp_path / "again")[0])
+    inner = model.get_submodule(base.name)
+    assert isinstance(inner, KerasCVBackbone) and inner.layer_names[1] == "Conv"
+    assert worst <= PARITY_TOLERANCE
+    from torch_mobilenets.cli import main
+
+    path = tmp_path / "again" / "model.keras"
+    assert main(["convert", str(path), str(tmp_path / "out.safetensors")]) == 0
+    capsys.readouterr()
+    assert main(["parity", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [o["output"] for o in report["outputs"]] == ["output", f"base ({base.name})"]
+    assert all(o["relative_difference"] <= PARITY_TOLERANCE for o in report["outputs"])
+
+
 def test_a_checkpoint_rebuilds_the_model_without_keras(tmp_path):
     keras_model = um.build(
         "keras3", "guide", "mobilenet_v2", (96, 96, 3), base_kwargs={"alpha": 0.35}
@@ -346,6 +389,10 @@ def _reads(index, name):
 
 
 RESIZE = {"name": "conv", "height": 16, "width": 16}
+STACK = {
+    f"stackwise_{key}": [value]
+    for key, value in [("expansion", 1), ("filters", 16), ("kernel_size", 3), ("stride", 2)]
+} | {"stackwise_se_ratio": [None]}
 REFUSALS = [
     (_set(2, class_name="Lambda"), r"layer 'pool' \(Lambda\): a Lambda layer holds Python code"),
     (
@@ -365,6 +412,15 @@ REFUSALS = [
     (
         _set(1, class_name="Resizing", config=RESIZE | {"antialias": True}),
         r"layer 'conv' \(Resizing\): argument antialias=True: expected false",
+    ),
+    (
+        _set(
+            1,
+            class_name="MobileNetV3Backbone",
+            registered_name="keras_cv>MobileNetV3Backbone",
+            config={"name": "conv", **STACK, "stackwise_activation": ["gelu"]},
+        ),
+        r"layer 'conv' \(MobileNetV3Backbone\): argument stackwise_activation=\['gelu'\]",
     ),
     (
         _set(2, class_name="BatchNormalization", config={"name": "pool", "renorm": True}),

@@ -305,6 +305,8 @@ def _keras_user_model(path: Path, keras_file, spec):
             (f"tf-keras {tf_keras.__version__} (Keras 2, the file's writer): load_model"),
         )
     keras = import_keras()
+    if _holds_keras_cv(spec):
+        import_keras_cv()  # Keras finds KerasCV's classes once KerasCV has registered them
     if keras_file.layout == "keras_archive" and spec.keras_version == 3:
         return keras, keras.models.load_model(path, compile=False), "Keras 3: load_model"
     # Keras 3 cannot reload its own full-model .h5 (its legacy loader passes the constants of
@@ -314,6 +316,14 @@ def _keras_user_model(path: Path, keras_file, spec):
     model = keras.models.model_from_json(json.dumps(raw))
     model.load_weights(str(path))
     return keras, model, f"Keras {keras.__version__}: rebuilt from the file's config, load_weights"
+
+
+def _holds_keras_cv(spec) -> bool:
+    return any(
+        layer.class_name in model_config.KERAS_CV_CLASSES
+        or (layer.class_name in model_config.MODELS and _holds_keras_cv(layer.args["model"]))
+        for layer in spec.layers
+    )
 
 
 def _with_modules(entry: dict) -> dict:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..models.mobilenet_v3_backbone import STACKWISE, MobileNetV3Backbone
 from ..nn import layers as L
 from ..nn.graph import KerasModel, KerasTensor
 from . import reader
@@ -40,6 +41,9 @@ MAX_NAME = 256
 # Modules Keras' own classes come from; anything else is a user's class.
 KERAS_MODULES = ("keras", "tf_keras", "keras_cv", "tensorflow")
 SUPPORTED = "see the supported layers in the README (Your own Keras model)"
+# KerasCV classes built here from their recorded arguments: name -> Keras' registered name.
+KERAS_CV_CLASSES = {"MobileNetV3Backbone": "keras_cv>MobileNetV3Backbone"}
+MAX_BLOCKS = 64  # a KerasCV backbone's stackwise_* entries
 
 
 class ConfigError(WeightsFileError):
@@ -334,6 +338,61 @@ def _parse_resizing(a: _Args) -> dict:
     }
 
 
+def _parse_backbone(a: _Args) -> dict:
+    """KerasCV's `MobileNetV3Backbone` arguments, each entry checked."""
+    if a.get("input_tensor") is not None:
+        raise a.fail("input_tensor", "null")
+    stacks = {}
+    for key in STACKWISE:
+        value = a.get(key)
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_BLOCKS:
+            raise a.fail(key, f"a list of 1 to {MAX_BLOCKS} entries, one per block")
+        stacks[key] = value
+    checks = {
+        "stackwise_expansion": lambda v: _is_number(v) and 0 < v <= MAX_KERNEL,
+        "stackwise_filters": lambda v: type(v) is int and 1 <= v <= MAX_UNITS,
+        "stackwise_kernel_size": lambda v: type(v) is int and 1 <= v <= MAX_KERNEL,
+        "stackwise_stride": lambda v: type(v) is int and 1 <= v <= MAX_KERNEL,
+        "stackwise_se_ratio": lambda v: v is None or (_is_number(v) and 0 < v <= 1),
+        "stackwise_activation": lambda v: v in ("relu", "hard_swish"),
+    }
+    for key, fits in checks.items():
+        if not all(fits(v) for v in stacks[key]):
+            raise a.fail(key, "entries of KerasCV's kinds and ranges")
+    alpha = a.number("alpha", 1.0)
+    if not 0 < alpha <= MAX_KERNEL:
+        raise a.fail("alpha", f"a number above 0 and at most {MAX_KERNEL}")
+    shape = a.get("input_shape")
+    if shape is not None and not isinstance(shape, list):
+        raise a.fail("input_shape", "(height, width, channels)")
+    return {
+        **stacks,
+        "name": a.config.get("name") if isinstance(a.config.get("name"), str) else "backbone",
+        "include_rescaling": a.boolean("include_rescaling", True),
+        "alpha": alpha,
+        # channels first, as our models take it
+        "input_shape": None if shape is None else _image_shape([None, *shape], a.where),
+    }
+
+
+def _is_number(value) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _make_backbone(args: dict, shapes: list, _: int) -> nn.Module:
+    input_shape = tuple(args["input_shape"] or (3, None, None))
+    if any(e is not None and e != s for e, s in zip(input_shape, shapes[0])):
+        raise ValueError(f"its input is {input_shape}, it is called on {shapes[0]}")
+    stacks = {key: args[key] for key in STACKWISE}
+    return MobileNetV3Backbone(
+        **stacks,
+        include_rescaling=args["include_rescaling"],
+        input_shape=input_shape,
+        alpha=args["alpha"],
+        name=args["name"],
+    )
+
+
 def _parse_global_pooling(a: _Args) -> dict:
     a.channels_last()
     return {"keepdims": a.boolean("keepdims", False)}
@@ -615,6 +674,8 @@ LAYERS: dict[str, LayerKind] = {
     "Softmax": LayerKind(_parse_softmax, _const(lambda a: L.Softmax())),
     # preprocessing
     "Rescaling": LayerKind(_parse_rescaling, _make_rescaling),
+    # KerasCV's backbone, nested in a user's model: built here, its weights paired as a whole
+    "MobileNetV3Backbone": LayerKind(_parse_backbone, _spatial_input(_make_backbone), "weighted"),
     "Resizing": LayerKind(
         _parse_resizing,
         _spatial_input(
@@ -822,6 +883,8 @@ def _refuse_foreign(entry: dict, where: str) -> None:
         )
     module = entry.get("module")
     registered = entry.get("registered_name")
+    if class_name in KERAS_CV_CLASSES and registered == KERAS_CV_CLASSES[class_name]:
+        return  # a class this project builds itself, from the arguments the config records
     custom = (isinstance(module, str) and module.split(".")[0] not in KERAS_MODULES) or (
         isinstance(registered, str) and ">" in registered
     )
@@ -1368,6 +1431,13 @@ def _keras3_arrays(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dict
         if file_layer is None:
             continue
         prefix = "".join(f"layers/{g}/" for g in rest)
+        try:
+            module = model.get_submodule(".".join(keras_path))
+        except AttributeError:  # a layer folded into another (an operation), not a module
+            module = None
+        if isinstance(module, MobileNetV3Backbone):
+            out.update(_backbone_arrays(keras_file, file_layer, prefix, keras_path, module))
+            continue
         arrays = [
             a
             for v, a in zip(file_layer.variables, file_layer.arrays)
@@ -1383,6 +1453,37 @@ def _keras3_arrays(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dict
             f"{used}: the file is not this model's"
         )
     return out
+
+
+def _backbone_arrays(
+    keras_file: KerasFile, file_layer, prefix: str, keras_path: tuple, backbone: KerasModel
+) -> dict:
+    """A nested KerasCV backbone's arrays, its layers' groups (`layers/<group>/...` within the
+    file's group) paired with ours as a KerasCV file of its own is: by class, in order."""
+    from .pairing import keras_ordered_arrays, match_layers  # pairing builds on this module
+
+    known = {snake_case(cls.keras_class): cls.keras_class for cls in L.WEIGHTED_LAYERS}
+    inner: dict[str, tuple[list, list]] = {}
+    for variable, array in zip(file_layer.variables, file_layer.arrays):
+        if not variable.startswith(prefix + "layers/"):
+            continue
+        group, _, rest = variable[len(prefix) + len("layers/") :].partition("/")
+        names, arrays = inner.setdefault(group, ([], []))
+        names.append(rest)
+        arrays.append(array)
+    found = []
+    for group, (names, arrays) in inner.items():
+        class_group, _, suffix = group.rpartition("_")
+        if not suffix.isdigit():
+            class_group, suffix = group, "0"
+        classes = frozenset({known[class_group]}) if class_group in known else frozenset()
+        found.append((class_group, int(suffix), reader.FileLayer(group, classes, arrays, names)))
+    found.sort(key=lambda item: (item[0], item[1]))
+    sub_file = KerasFile(keras_file.path, keras_file.layout, [f for *_, f in found], False)
+    return {
+        (*keras_path, backbone.keras_names.get(name, name)): keras_ordered_arrays(f, module)
+        for f, name, module in match_layers(sub_file, backbone)
+    }
 
 
 def _keras3_groups(spec: Spec, path: tuple = ()) -> list:

@@ -123,7 +123,7 @@ def match_layers(keras_file: KerasFile, model: KerasModel) -> list:
     return pairs
 
 
-def _arrays(file_layer: FileLayer, module) -> list:
+def keras_ordered_arrays(file_layer: FileLayer, module) -> list:
     """The file layer's arrays in the module's Keras order. Keras 3 files keep nested layers
     (KerasCV's squeeze-excite) under their attribute names in alphabetical order."""
     order = getattr(module, "keras_sublayers", None)
@@ -137,7 +137,7 @@ def _mismatch(file_layer: FileLayer, module) -> str | None:
     if module.keras_class not in file_layer.classes:
         return f"the file's layer is a {'/'.join(sorted(file_layer.classes)) or 'unknown class'}"
     expected = module.keras_shapes()
-    got = [tuple(a.shape) for a in _arrays(file_layer, module)]
+    got = [tuple(a.shape) for a in keras_ordered_arrays(file_layer, module)]
     if expected != got:
         return f"expected shapes {expected}, the file has {got}"
     return None
@@ -163,7 +163,7 @@ def keras_state_dict(
         pairs = match_layers(_without_last(keras_file, len(skipped)), model)
     state = {}
     for file_layer, name, module in pairs:
-        for key, tensor in module.from_keras(_arrays(file_layer, module)).items():
+        for key, tensor in module.from_keras(keras_ordered_arrays(file_layer, module)).items():
             state[f"{name}.{key}"] = tensor
     return state, skipped
 
