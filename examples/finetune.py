@@ -4,8 +4,12 @@
         --weights imagenet --freeze-up-to block_12_add --epochs 3 --output runs/v2
     torchrun --nproc_per_node 2 examples/finetune.py --synthetic 64 --model mobilenet_v3_small
 
-`--data` is a torchvision ImageFolder (one folder per class); `--synthetic N` uses N random
-images instead (for smoke tests). Checkpoints are safetensors with the model's config
+`--weights` takes "imagenet", an official Keras file with the top or without it (the
+`_no_top.h5` files Keras' transfer learning starts from: the model gets its family's top, fresh,
+with `reset_classifier`), your own Keras model (`.keras`, `.h5`: its classifier is resized, or a
+head added where it ends at features), or a `.safetensors`. `--data` is a torchvision
+ImageFolder (one folder per class); `--synthetic N` uses N random images instead (for smoke
+tests). Checkpoints are safetensors with the model's config
 (`<output>/epoch_<k>.safetensors`): load them with `weights=` or take them back to Keras with
 `python -m convert --to keras`. Under torchrun each process trains on its shard (gloo on CPU,
 nccl on GPU) and rank 0 writes checkpoints and shows the progress bar.
@@ -26,6 +30,8 @@ from tqdm import tqdm
 
 import torch_mobilenets as tm
 from torch_mobilenets import save_checkpoint
+from torch_mobilenets.models.heads import output_activation
+from torch_mobilenets.models.preprocessing import preprocesses_input
 
 
 def parse_args(argv=None):
@@ -35,16 +41,21 @@ def parse_args(argv=None):
     source.add_argument("--synthetic", type=int, metavar="N", help="N random images instead")
     parser.add_argument(
         "--model",
-        default="mobilenet_v3_small",
+        default=None,
         choices=["mobilenet", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"],
+        help="the family to build (default mobilenet_v3_small; with --weights FILE, the file's)",
     )
     parser.add_argument(
         "--weights",
         default=None,
-        help='"imagenet", a Keras file or a .safetensors (default: random)',
+        help='"imagenet", or a file: an official Keras file with or without the top '
+        "(`_no_top.h5`), your own Keras model (.keras, .h5), or a .safetensors "
+        "(default: random)",
     )
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--alpha", type=float, default=None, help="width (default 1.0)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="input size (default: the model's, else 224)"
+    )
     parser.add_argument(
         "--classes",
         type=int,
@@ -66,46 +77,94 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def dataset(args, family):
-    """(dataset, number of classes); images scaled as the family's Keras preprocess_input."""
+def dataset(args, model):
+    """(dataset, number of classes); images at the model's size, in [0, 255] where the model
+    scales pixels itself (V3's rescaling, a user's preprocessing layers), else scaled as
+    Keras' preprocess_input for the MobileNets ([-1, 1])."""
+    size = input_size(model, args.size)
+    scale = not preprocesses_input(model)
     if args.synthetic:
         generator = torch.Generator().manual_seed(0)
-        pixels = torch.rand(args.synthetic, 3, args.size, args.size, generator=generator) * 255
+        pixels = torch.rand(args.synthetic, 3, *size, generator=generator) * 255
         labels = torch.randint(0, args.classes or 2, (args.synthetic,), generator=generator)
-        return TensorDataset(preprocess(family, pixels), labels), args.classes or 2
+        return TensorDataset(preprocess(pixels, scale), labels), args.classes or 2
     import torchvision.transforms.v2 as T
     from torchvision.datasets import ImageFolder
 
     transform = T.Compose(
         [
             T.PILToTensor(),
-            T.Resize((args.size, args.size)),
+            T.Resize(size),
             T.RandomHorizontalFlip(),
             T.ToDtype(torch.float32),
-            T.Lambda(lambda x: preprocess(family, x)),
+            T.Lambda(lambda x: preprocess(x, scale)),
         ]
     )
     folder = ImageFolder(args.data, transform=transform)
     return folder, args.classes or len(folder.classes)
 
 
-def preprocess(family, pixels):
-    module = {"mobilenet": tm.mobilenet_v1, "mobilenet_v2": tm.mobilenet_v2}.get(
-        family, tm.mobilenet_v3
-    )
-    return module.preprocess_input(pixels)
+def preprocess(pixels, scale):
+    return tm.mobilenet_v2.preprocess_input(pixels) if scale else pixels
 
 
-def build_model(args, classes):
-    builder = tm.FAMILIES[args.model]
-    kwargs = dict(alpha=args.alpha, weights=args.weights)
-    if args.model in ("mobilenet", "mobilenet_v2"):
-        kwargs["input_shape"] = (3, args.size, args.size)
-    model = builder(classifier_activation=None, **kwargs)
+def input_size(model, size=None):
+    """(rows, cols): the model's static size, else `size`, else 224."""
+    _, rows, cols = model.input_shape
+    return (rows, cols) if rows and cols else (size or 224, size or 224)
+
+
+def base_model(args):
+    """The model to start from, before its head is reset: built (random or "imagenet"
+    weights), or loaded from `--weights FILE`. Official architectures give logits (no
+    softmax) and, for V1/V2, a static size (`--size`)."""
+    if args.weights in (None, "imagenet"):
+        family = args.model or "mobilenet_v3_small"
+        kwargs = dict(alpha=args.alpha or 1.0, weights=args.weights)
+        if family in ("mobilenet", "mobilenet_v2"):
+            kwargs["input_shape"] = (3, args.size or 224, args.size or 224)
+        return tm.FAMILIES[family](classifier_activation=None, **kwargs)
+    model = tm.load_model(args.weights)
+    config = model.config
+    family = config["family"]
+    if family not in tm.FAMILIES:  # the user's own graph, as it is
+        if args.size and input_size(model, args.size) != (args.size, args.size):
+            raise SystemExit(
+                f"{args.weights}: the model takes {input_size(model)} images; --size "
+                f"{args.size} does not fit it"
+            )
+        return model
+    if args.model and args.model != family:
+        raise SystemExit(f"{args.weights} holds a {family} model, not {args.model}")
+    changes = {"classifier_activation": None} if config.get("include_top") else {}
+    if family in ("mobilenet", "mobilenet_v2"):  # a static size, as the builders have it
+        size = (args.size, args.size) if args.size else input_size(model)
+        if tuple(model.input_shape[1:]) != size:
+            changes["input_shape"] = (3, *size)
+    if not changes:
+        return model
+    rebuilt = tm.keras_io.build({**config, **changes})
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt
+
+
+def with_fresh_head(model, args, classes):
+    """`classes` logits on the base (`reset_classifier`: a model without a classifier, such as
+    a `_no_top.h5` file's, gets its family's top), frozen up to `--freeze-up-to`."""
     model.reset_classifier(classes)
     if args.freeze_up_to:
         model.freeze(up_to=args.freeze_up_to)
     return model
+
+
+def loss_function(model):
+    """Cross-entropy on what the head gives: logits, or a user's softmax probabilities."""
+    kind = output_activation(model)
+    if kind == "linear":
+        return F.cross_entropy
+    if kind == "softmax":
+        return lambda probs, labels: F.nll_loss(probs.clamp_min(1e-7).log(), labels)
+    raise SystemExit(f"the model's head ends with {kind}; fine-tuning here needs logits or softmax")
 
 
 def main(argv=None) -> int:
@@ -124,8 +183,10 @@ def main(argv=None) -> int:
             device = torch.device("cuda")
     torch.manual_seed(0)
 
-    data, classes = dataset(args, args.model)
-    model = build_model(args, classes).to(device)
+    base = base_model(args)
+    data, classes = dataset(args, base)
+    model = with_fresh_head(base, args, classes).to(device)
+    loss_of = loss_function(model)
     trained = model
     if distributed:
         trained = torch.nn.parallel.DistributedDataParallel(
@@ -155,7 +216,7 @@ def main(argv=None) -> int:
         for step, (images, labels) in enumerate(loader, start=1):
             images, labels = images.to(device), labels.to(device)
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(trained(images), labels)
+            loss = loss_of(trained(images), labels)
             loss.backward()
             optimizer.step()
             progress.update()

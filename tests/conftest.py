@@ -21,8 +21,10 @@ def weights_file(tmp_path_factory):
         key = (id(model), layout, tuple(sorted(options.items())))
         if key not in cache:
             directory = root / f"{len(cache)}"
-            cache[key] = kr.write_keras_file(model, directory, layout, family=family, **options)
-        return cache[key]
+            path = kr.write_keras_file(model, directory, layout, family=family, **options)
+            # The model is kept with its file: while it lives, no other model can take its id.
+            cache[key] = (model, path)
+        return cache[key][1]
 
     return write
 

@@ -175,5 +175,6 @@ def test_head_features_and_classifier(builder, classifier):
     limit = math.sqrt(6 / (classifier_in + 7))  # Keras' Glorot uniform
     assert fresh.weight.abs().max() <= limit and fresh.weight.abs().max() > limit / 2
     assert torch.count_nonzero(fresh.bias) == 0
-    with pytest.raises(ValueError, match="no classifier"):
-        builder(weights=None, include_top=False).reset_classifier(3)
+    # a base without the top gets the official top's shape, fresh (tests/test_fresh_head.py)
+    no_top = builder(weights=None, include_top=False).reset_classifier(3)
+    assert no_top.eval()(x).shape == (2, 3) and no_top.get_classifier().weight.shape[0] == 3

@@ -31,6 +31,7 @@ from ..models.mobilenet_v3_backbone import STACKWISE, MobileNetV3Backbone
 from ..nn import layers as L
 from ..nn.graph import KerasModel, KerasTensor
 from . import reader
+from .matching import keras_ordered_arrays, match_layers
 from .reader import KerasFile, WeightsFileError, snake_case
 
 SPEC_FAMILY = "keras_model"  # what a checkpoint's config names as its family for a spec
@@ -1460,8 +1461,6 @@ def _backbone_arrays(
 ) -> dict:
     """A nested KerasCV backbone's arrays, its layers' groups (`layers/<group>/...` within the
     file's group) paired with ours as a KerasCV file of its own is: by class, in order."""
-    from .pairing import keras_ordered_arrays, match_layers  # pairing builds on this module
-
     known = {snake_case(cls.keras_class): cls.keras_class for cls in L.WEIGHTED_LAYERS}
     inner: dict[str, tuple[list, list]] = {}
     for variable, array in zip(file_layer.variables, file_layer.arrays):

@@ -5,6 +5,7 @@ rules; they load no weights (the public constructors in `torch_mobilenets` do)."
 from collections.abc import Callable
 
 from ..nn.graph import KerasModel
+from . import heads  # noqa: F401  (registers the tops `reset_classifier` adds)
 from .mobilenet_v1 import MobileNet
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import MobileNetV3Large, MobileNetV3Small

@@ -9,6 +9,8 @@ Applications" (2017).
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..nn.graph import KerasModel, KerasTensor
 from ..nn.layers import (
     BatchNorm2d,
@@ -140,10 +142,18 @@ def MobileNet(
         x = model.add(f"conv_pw_{block_id}_relu", ReLU6(), x)
 
     def top(model: KerasModel, x: KerasTensor) -> None:
-        x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)
-        x = model.add("dropout", Dropout(dropout), x)
-        x = model.add("conv_preds", Conv2d(x.shape[0], classes, 1, bias=True), x)
-        x = model.add("reshape_2", Flatten(), x)
-        model.add("predictions", top_activation, x)
+        add_top(model, x, classes, dropout, top_activation)
 
     return arguments.add_tail(model, x, include_top, pooling, top)
+
+
+def add_top(
+    model: KerasModel, x: KerasTensor, classes: int, dropout: float, activation: nn.Module
+) -> KerasTensor:
+    """Keras' V1 top on the body's output `x`: pooling, dropout, the 1x1 `conv_preds`, then
+    the classifier activation (also the fresh top `reset_classifier` gives a model without)."""
+    x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)
+    x = model.add("dropout", Dropout(dropout), x)
+    x = model.add("conv_preds", Conv2d(x.shape[0], classes, 1, bias=True), x)
+    x = model.add("reshape_2", Flatten(), x)
+    return model.add("predictions", activation, x)

@@ -8,6 +8,8 @@ Reference: Sandler et al., "MobileNetV2: Inverted Residuals and Linear Bottlenec
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..nn.graph import KerasModel, KerasTensor
 from ..nn.layers import (
     Add,
@@ -121,10 +123,16 @@ def MobileNetV2(
     x = model.add("out_relu", ReLU6(), x)
 
     def top(model: KerasModel, x: KerasTensor) -> None:
-        x = model.add("global_average_pooling2d", GlobalAveragePooling2D(), x)
-        model.add("predictions", Dense(last_filters, classes, top_activation), x)
+        add_top(model, x, classes, top_activation)
 
     return arguments.add_tail(model, x, include_top, pooling, top)
+
+
+def add_top(model: KerasModel, x: KerasTensor, classes: int, activation: nn.Module) -> KerasTensor:
+    """Keras' V2 top on the body's output `x`: pooling, then the Dense `predictions` with the
+    classifier activation (also the fresh top `reset_classifier` gives a model without)."""
+    x = model.add("global_average_pooling2d", GlobalAveragePooling2D(), x)
+    return model.add("predictions", Dense(x.shape[0], classes, activation), x)
 
 
 def _inverted_res_block(model, inputs, filters, alpha, stride, expansion, block_id):

@@ -217,24 +217,54 @@ def _mobilenet_v3(
         x = inverted_res_block(model, x, block, alpha, block_id)
 
     last_conv_ch = make_divisible(x.shape[0] * 6)
-    last_point_ch = LAST_POINT_FILTERS[model_type]
-    if alpha > 1.0:
-        last_point_ch = make_divisible(last_point_ch * alpha)
     x = model.add("conv_1", Conv2d(x.shape[0], last_conv_ch, 1), x)
     x = model.add("conv_1_bn", BatchNorm2d(last_conv_ch, BN_MOMENTUM), x)
     x = model.add("conv_1_activation", activation(), x)
 
     def top(model: KerasModel, x: KerasTensor) -> None:
-        x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)
-        x = model.add("conv_2", Conv2d(last_conv_ch, last_point_ch, 1, bias=True), x)
-        x = model.add("conv_2_activation", activation(), x)
-        if dropout_rate > 0:
-            x = model.add("dropout", Dropout(dropout_rate), x)
-        x = model.add("logits", Conv2d(last_point_ch, classes, 1, bias=True), x)
-        x = model.add("flatten", Flatten(), x)
-        model.add("predictions", top_activation, x)
+        add_top(
+            model,
+            x,
+            classes,
+            last_point_filters(model_type, alpha),
+            activation,
+            dropout_rate,
+            top_activation,
+        )
 
-    return arguments.add_tail(model, x, include_top, pooling, top, ("avg_pool", "max_pool"))
+    return arguments.add_tail(model, x, include_top, pooling, top, POOLING_NAMES)
+
+
+# The names of V3's optional pooling without the top (`pooling="avg"` / `"max"`).
+POOLING_NAMES = ("avg_pool", "max_pool")
+
+
+def last_point_filters(model_type: str, alpha: float) -> int:
+    """The width of `conv_2`, the top's hidden layer: only widening (alpha > 1) grows it."""
+    filters = LAST_POINT_FILTERS[model_type]
+    return make_divisible(filters * alpha) if alpha > 1.0 else filters
+
+
+def add_top(
+    model: KerasModel,
+    x: KerasTensor,
+    classes: int,
+    last_point_ch: int,
+    activation: Callable[[], nn.Module],
+    dropout_rate: float,
+    top_activation: nn.Module,
+) -> KerasTensor:
+    """Keras' V3 top on the body's output `x`: pooling, the 1x1 `conv_2` and its activation,
+    dropout, the 1x1 `logits`, then the classifier activation (also the fresh top
+    `reset_classifier` gives a model without)."""
+    x = model.add("global_average_pooling2d", GlobalAveragePooling2D(keepdims=True), x)
+    x = model.add("conv_2", Conv2d(x.shape[0], last_point_ch, 1, bias=True), x)
+    x = model.add("conv_2_activation", activation(), x)
+    if dropout_rate > 0:
+        x = model.add("dropout", Dropout(dropout_rate), x)
+    x = model.add("logits", Conv2d(last_point_ch, classes, 1, bias=True), x)
+    x = model.add("flatten", Flatten(), x)
+    return model.add("predictions", top_activation, x)
 
 
 def squeeze_excite(

@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import warnings
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -204,21 +204,66 @@ class KerasModel(nn.Module):
         name = self._classifier_name()
         return self._layer(name) if name else None
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int) -> KerasModel:
         """A fresh classifier for `num_classes`, initialised as Keras initialises it (Glorot
-        uniform kernel, zero bias); the rest of the top (activation, dropout) is kept."""
-        name = self._classifier_name()
-        if name is None:
-            raise ValueError(f"model {self.name!r} has no classifier (built without the top)")
-        if num_classes < 1:
+        uniform kernels, zero biases); returns the model, changed in place.
+
+        - A model with a classifier gets a new one; the rest of the top (activation,
+          dropout) is kept.
+        - A model without one (built with `include_top=False`, or a loaded graph that ends at
+          a feature map or a pooled vector) gets a fresh top of `num_classes` logits in the
+          shape of its family's own top, under Keras' layer names (`models.heads`).
+        - `num_classes=0` leaves no classifier: `forward` gives the pooled features, as in
+          timm (`models.heads` says which for each kind of model).
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(
-                "num_classes must be at least 1; for features use forward_head("
-                "x, pre_logits=True) or a model built with include_top=False"
+                f"num_classes must be an integer, at least 1, or 0 for the pooled features; "
+                f"got {num_classes!r}"
             )
-        old = self._layer(name)
-        device, dtype = old.weight.device, old.weight.dtype
-        self.replace(name, old.with_outputs(num_classes).to(device=device, dtype=dtype))
-        self.config["classes"] = num_classes
+        heads = HEADS.get(self.config.get("family", ""), HEADS.get("*"))
+        name = self._classifier_name()
+        if num_classes and name is not None:
+            old = self._layer(name)
+            if not hasattr(old, "with_outputs"):
+                raise ValueError(
+                    f"model {self.name!r}: its last weighted layer {name!r} "
+                    f"({type(old).__name__}) is no classifier that can be resized"
+                )
+            device, dtype = old.weight.device, old.weight.dtype
+            self.replace(name, old.with_outputs(num_classes).to(device=device, dtype=dtype))
+            self.config["classes"] = num_classes
+            if heads is not None:
+                heads.resized(self, name, num_classes)
+        elif heads is None:
+            raise ValueError(
+                f"model {self.name!r} has no classifier (built without the top), and no top "
+                f"is known for its family {self.config.get('family')!r}"
+            )
+        elif num_classes:
+            heads.fresh(self, num_classes)
+        else:
+            heads.features(self)
+        return self
+
+    def truncate(self, name: str) -> None:
+        """Drop every layer after `name`, whose output becomes the model's (for the head
+        rewrites of `reset_classifier`)."""
+        names = self.layer_names
+        if name not in names:
+            raise ValueError(f"model {self.name!r} has no layer {name!r}")
+        keep = names.index(name) + 1
+        for dropped, _ in self._graph[keep:]:
+            del self._modules[dropped]
+            self.keras_names.pop(dropped, None)
+        self._graph = self._graph[:keep]
+        self._programs = None
+        self.output_nodes = ()
+        kept = set(self.layer_names) | {self.keras_names.get(n, n) for n in self.layer_names}
+        self.augmentation_layers = tuple(n for n in self.augmentation_layers if n in kept)
+        self.inference_layers = tuple(n for n in self.inference_layers if n in kept)
+        if self.feature_layer not in kept:
+            self.feature_layer = name
 
     def freeze(self, up_to: str | None = None) -> None:
         """Make every layer up to and including `up_to` (all when None) non-trainable, as
@@ -338,6 +383,23 @@ class KerasModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_shape={self.input_shape}"
+
+
+class Heads(Protocol):
+    """How `reset_classifier` rewrites the top of a family's models: `fresh` adds a top of
+    `num_classes` to a model without a classifier, `features` leaves none (num_classes=0),
+    `resized` records a classifier that `reset_classifier` resized (in the model's config)."""
+
+    def fresh(self, model: KerasModel, num_classes: int) -> None: ...
+
+    def features(self, model: KerasModel) -> None: ...
+
+    def resized(self, model: KerasModel, name: str, num_classes: int) -> None: ...
+
+
+# `Heads` by `config["family"]`, "*" for any other family. The builders' package registers
+# them (`models.heads`): the tops are the families' own, and nn knows no family.
+HEADS: dict[str, Heads] = {}
 
 
 def readers_of(inputs_per_step: Iterable[tuple]) -> dict[int, list[int]]:
