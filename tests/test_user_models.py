@@ -634,3 +634,17 @@ def test_fine_tuning_matches_keras_train_on_batch(writer, tmp_path):
         rtol=0,
         atol=1e-4 * np.abs(head).max(),
     )
+
+
+def test_the_preprocessing_preset_of_a_users_model(tmp_path):
+    """Pixels for a model that scales them itself (the guide's preprocess_input inside), [-1, 1]
+    for one that does not; the size is the model's own."""
+    from torch_mobilenets.pretrained.transforms import KerasPreprocessing
+
+    for idiom, pixels in (("guide", True), ("inlined", False)):
+        keras_model = um.build(
+            "keras3", idiom, "mobilenet_v2", (96, 112, 3), base_kwargs={"alpha": 0.35}
+        )
+        model = tm.load_model(um.save(keras_model, "keras3", "keras", tmp_path / idiom)[0])
+        preset = KerasPreprocessing.for_model(model)
+        assert preset.size == (96, 112) and preset.scale is not pixels, idiom

@@ -18,7 +18,8 @@ import os
 import numpy as np
 import torch
 
-from ..models.preprocessing import scale_to_unit_range
+from ..keras_io.config import SPEC_FAMILY
+from ..models.preprocessing import preprocesses_input, scale_to_unit_range
 
 # Keras' `load_img` interpolation names, as PIL resampling filters.
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
@@ -54,8 +55,13 @@ class KerasPreprocessing:
     @classmethod
     def for_model(cls, model) -> KerasPreprocessing:
         """The preset for a built model: its static input size (224 when it has none, the size of
-        the official files), and its family's scaling."""
+        the official files), and its family's scaling. A user's model (`load_model`) takes
+        pixels when it scales them itself, else [-1, 1] as every MobileNet's preprocess_input
+        gives."""
         config = model.config
+        if config.get("family") == SPEC_FAMILY:
+            _, rows, cols = model.input_shape
+            return cls((rows, cols) if rows and cols else 224, scale=not preprocesses_input(model))
         _, rows, cols = config.get("input_shape") or (3, None, None)
         size = (rows, cols) if rows and cols else 224
         return cls.for_family(config["family"], size, config.get("include_preprocessing", True))
