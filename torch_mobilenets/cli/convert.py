@@ -1,12 +1,13 @@
 """`torch-mobilenets convert SRC DST`: a Keras MobileNet weights file to a safetensors checkpoint,
-and back (`--to keras`), or every official file (`--all-official OUT_DIR`)."""
+and back (`--to keras`, a user's own model `--like` its original file), or every official file
+(`--all-official OUT_DIR`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from ..keras_io import convert, describe_config, safetensors_to_keras
+from ..keras_io import WriteBackUsageError, convert, describe_config, safetensors_to_keras
 from .all_official import run_all
 from .common import (
     ARCHITECTURE_OPTIONS,
@@ -22,7 +23,7 @@ from .common import (
 EXIT_INCOMPLETE = 4  # --all-official: some checkpoints failed; the rest are done
 FLAGS = ("force", "allow_nonfinite", "skip_extra_layers")  # store_true: False when not given
 # Options that shape one SRC -> DST conversion, refused with --all-official.
-CONVERSION_OPTIONS = (*ARCHITECTURE_OPTIONS, *FLAGS)
+CONVERSION_OPTIONS = (*ARCHITECTURE_OPTIONS, *FLAGS, "like", "config")
 
 DESCRIPTION = """\
 Convert a Keras MobileNet weights file to a PyTorch safetensors checkpoint.
@@ -31,7 +32,16 @@ SRC may be any Keras layout: legacy .h5 (the official ImageNet files, Keras 2 or
 full-model .h5, a Keras 3 .weights.h5, a .keras archive or a KerasCV preset folder. The
 architecture is inferred from the file; the options fix what a file cannot tell (an unusual
 width, say). The output records the architecture and the source file's sha256, and is written
-atomically: on any error nothing is left at DST.
+atomically: on any error nothing is left at DST. A user's own model (a MobileNet base nested or
+inlined, a custom head, preprocessing) converts from its .keras or full-model .h5, or from a
+weights file with --config model.json (`model.to_json()`).
+
+--to keras writes a checkpoint back to Keras: an official architecture as a legacy weights-only
+.h5 that keras.applications loads; a user's own model --like ORIGINAL, the Keras file it came
+from (with --config for a weights file), in that file's format: a .keras archive that
+keras.models.load_model opens, a full-model .h5, or weights that model.load_weights takes,
+everything but the weights kept as it was. A model whose graph is not ORIGINAL's is refused,
+naming the layer.
 
 --all-official OUT_DIR downloads, verifies and converts every official Keras ImageNet file,
 with a parity report against Keras per checkpoint where Keras is installed. Resumable."""
@@ -40,11 +50,17 @@ EPILOG = """\
 examples:
   torch-mobilenets convert mobilenet_1_0_224_tf.h5 mobilenet_1_0_224.safetensors
   torch-mobilenets convert odd.h5 odd.safetensors --family mobilenet_v2 --alpha 0.6
+  torch-mobilenets convert my_model.keras my_model.safetensors
+  torch-mobilenets convert weights.h5 my_model.safetensors --config model.json
   torch-mobilenets convert --to keras fine_tuned.safetensors fine_tuned.h5
+  torch-mobilenets convert --to keras tuned.safetensors tuned.keras --like my_model.keras
+  torch-mobilenets convert --to keras tuned.safetensors tuned.h5 --like weights.h5 \
+      --config model.json
   torch-mobilenets convert --all-official official/ --only 'mobilenet_v3_*'
 
 exit codes: 0 done, 1 internal error (rerun with --debug), 2 usage (bad options, DST not
-.safetensors or a folder, an existing DST without --force), 3 input that cannot be read or
+.safetensors or a folder, an existing DST without --force, --to keras on a user's model without
+--like, a DST name Keras would not open as ORIGINAL's format), 3 input that cannot be read or
 does not fit, or an output folder that does not exist, 4 --all-official did not finish every
 checkpoint, 130 interrupted (143 by SIGTERM)."""
 
@@ -57,8 +73,15 @@ def add_parser(subcommands) -> None:
         epilog=EPILOG,
     )
     # Optional here only so that --all-official can go without them; checked in `run`.
-    parser.add_argument("src", type=Path, nargs="?", help="Keras weights file")
-    parser.add_argument("dst", type=Path, nargs="?", help="output .safetensors file")
+    parser.add_argument(
+        "src", type=Path, nargs="?", help="Keras weights file (--to keras: a checkpoint)"
+    )
+    parser.add_argument(
+        "dst",
+        type=Path,
+        nargs="?",
+        help="output .safetensors file (--to keras: .h5, or in the format of --like)",
+    )
     add_architecture_options(parser)
     parser.add_argument("--force", action="store_true", help="overwrite an existing DST")
     parser.add_argument(
@@ -80,7 +103,23 @@ def add_parser(subcommands) -> None:
         choices=["safetensors", "keras"],
         default="safetensors",
         help="keras: SRC is a .safetensors checkpoint with its config, DST a "
-        "legacy Keras .h5 that keras.applications loads",
+        "legacy Keras .h5 that keras.applications loads, or a user's model in the format of "
+        "--like",
+    )
+    parser.add_argument(
+        "--like",
+        type=Path,
+        metavar="ORIGINAL",
+        help="with --to keras: the Keras file the model came from (.keras, full-model .h5, or "
+        "a weights file with --config); DST is written in its format, with its structure and "
+        "config, and our weights; needed for a user's own model",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="MODEL_JSON",
+        help="the model's JSON (model.to_json()) for a weights-only file: SRC's, or with "
+        "--to keras, ORIGINAL's",
     )
     add_debug(parser)
     official = parser.add_argument_group("every official checkpoint")
@@ -133,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     return run_guarded(
         args,
         _convert,
-        {ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
+        {WriteBackUsageError: EXIT_USAGE, ValueError: EXIT_BAD_INPUT, OSError: EXIT_BAD_INPUT},
         f"interrupted; nothing was written to {args.dst}",
     )
 
@@ -146,6 +185,8 @@ def _check_usage(args: argparse.Namespace) -> None:
             parser.error(f"the following arguments are required: {', '.join(missing)}")
         if args.only or args.parity is not None:
             parser.error("--only and --parity go with --all-official")
+        if args.like is not None and args.to != "keras":
+            parser.error("--like goes with --to keras")
     else:
         given = [name for name in ("src", "dst") if getattr(args, name) is not None]
         given += [
@@ -159,8 +200,14 @@ def _check_usage(args: argparse.Namespace) -> None:
 
 def _usage_problem(args: argparse.Namespace):
     suffix = ".h5" if args.to == "keras" else ".safetensors"
-    if args.dst.suffix != suffix:
-        return f"DST must end in {suffix}, got {args.dst}"
+    # With --like, DST's name is checked against ORIGINAL's format once that is read.
+    if args.dst.suffix != suffix and args.like is None:
+        hint = (
+            " (a user's own model goes back --like ORIGINAL, in ORIGINAL's format)"
+            if args.to == "keras"
+            else ""
+        )
+        return f"DST must end in {suffix}, got {args.dst}{hint}"
     if args.dst.is_dir():
         return f"DST {args.dst} is a folder; name the {suffix} file to write"
     if args.dst.exists() and not args.force:
@@ -171,14 +218,16 @@ def _usage_problem(args: argparse.Namespace):
 def _convert(args: argparse.Namespace) -> int:
     try:
         if args.to == "keras":
-            config = safetensors_to_keras(args.src, args.dst)
-            print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}")
+            config = safetensors_to_keras(args.src, args.dst, like=args.like, config=args.config)
+            like = f", like {args.like}" if args.like is not None else ""
+            print(f"{args.src} -> {args.dst}: Keras {describe_config(config)}{like}")
             return 0
         config = convert(
             args.src,
             args.dst,
             allow_nonfinite=args.allow_nonfinite,
             skip_extra_layers=args.skip_extra_layers,
+            model_config_json=args.config,
             **known_architecture(args),
         )
     except OSError as error:  # reading errors are WeightsFileErrors: this is the output

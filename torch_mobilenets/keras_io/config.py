@@ -41,7 +41,7 @@ MAX_SIZE = 1 << 16  # input height and width
 MAX_NAME = 256
 # Modules Keras' own classes come from; anything else is a user's class.
 KERAS_MODULES = ("keras", "tf_keras", "keras_cv", "tensorflow")
-SUPPORTED = "see the supported layers in the README (Your own Keras model)"
+SUPPORTED = "see the supported layers in docs/your-own-keras-model.md"
 # KerasCV classes built here from their recorded arguments: name -> Keras' registered name.
 KERAS_CV_CLASSES = {"MobileNetV3Backbone": "keras_cv>MobileNetV3Backbone"}
 MAX_BLOCKS = 64  # a KerasCV backbone's stackwise_* entries
@@ -1316,9 +1316,9 @@ def spec_state_dict(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dic
     """The model's state dict from the file, every array used once; WeightsFileError naming
     the file and the layer for what is missing, left over or misshapen."""
     if keras_file.ordered:
-        arrays = _legacy_arrays(keras_file, model)
+        arrays = legacy_arrays(keras_file, model)
     else:
-        arrays = _keras3_arrays(keras_file, model, spec)
+        arrays = keras3_arrays(keras_file, model, spec)
     state = {}
     for keras_path, module_path, module in weighted_leaves(model):
         found = arrays.pop(keras_path, None)
@@ -1342,7 +1342,7 @@ def spec_state_dict(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dic
     return state
 
 
-def _legacy_arrays(keras_file: KerasFile, model: KerasModel) -> dict:
+def legacy_arrays(keras_file: KerasFile, model: KerasModel) -> dict:
     """Keras path -> arrays in the layer's Keras order, from a legacy file: one group per
     top-level layer, a nested model's group holding its layers' arrays under their names."""
     leaves = weighted_leaves(model)
@@ -1420,7 +1420,7 @@ def _in_keras_order(keras_file, path: tuple, module, named: list) -> list:
     return [by_name[v] for v in wanted]
 
 
-def _keras3_arrays(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dict:
+def keras3_arrays(keras_file: KerasFile, model: KerasModel, spec: Spec) -> dict:
     """Keras path -> arrays, from a Keras 3 file, whose groups Keras 3 names after each layer's
     class and its index among the layers of that class in its model (`conv2d_3`), nested
     models' groups holding `layers/<group>` of their own."""

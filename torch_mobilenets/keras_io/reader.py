@@ -227,7 +227,7 @@ def _read_file(path: Path, known_classes) -> KerasFile:
             f"{path}: not a Keras weights file (neither HDF5 nor a .keras zip archive)"
         )
     with h5py.File(path, "r") as f:
-        return _HDF5Reader(path, known_classes).read(f)
+        return HDF5Reader(path, known_classes).read(f)
 
 
 def _read_preset_folder(path: Path, known_classes) -> KerasFile:
@@ -253,12 +253,12 @@ def _read_preset_folder(path: Path, known_classes) -> KerasFile:
 
 def _read_keras_archive(path: Path, known_classes) -> KerasFile:
     with zipfile.ZipFile(path) as archive:
-        data = _zip_entry(archive, path, "model.weights.h5", MAX_FILE_BYTES)
+        data = zip_entry(archive, path, "model.weights.h5", MAX_FILE_BYTES)
         if data is None:
             raise WeightsFileError(
                 f"{path}: a zip archive without 'model.weights.h5': not a .keras file"
             )
-        config_data = _zip_entry(archive, path, "config.json", MAX_JSON_BYTES)
+        config_data = zip_entry(archive, path, "config.json", MAX_JSON_BYTES)
     config = None
     if config_data is not None:
         config = json.loads(config_data)
@@ -267,12 +267,12 @@ def _read_keras_archive(path: Path, known_classes) -> KerasFile:
     if not data.startswith(_HDF5_SIGNATURE):
         raise WeightsFileError(f"{path}: model.weights.h5 inside is not HDF5")
     with h5py.File(io.BytesIO(data), "r") as f:
-        keras_file = _HDF5Reader(path, known_classes).read(f, config)
+        keras_file = HDF5Reader(path, known_classes).read(f, config)
     keras_file.layout = "keras_archive"
     return keras_file
 
 
-def _zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes | None:
+def zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> bytes | None:
     """The unpacked entry, or None if absent; checked before unpacking (zip bombs)."""
     try:
         info = archive.getinfo(name)
@@ -300,7 +300,7 @@ def _zip_entry(archive: zipfile.ZipFile, path: Path, name: str, limit: int) -> b
 
 
 # ------------------------------------------------------------------------------------ HDF5
-class _HDF5Reader:
+class HDF5Reader:
     """Reads one open HDF5 file, never following a link or reading a size it has not checked."""
 
     def __init__(self, path: Path, known_classes):

@@ -1,7 +1,8 @@
 """The way back to Keras: a legacy weights-only `.h5`, the layout of the official files, which
 `keras.applications.<Family>(weights=path, ...)` (built with the same arguments) loads. Keras
 reads such files by the order of the weighted layers, and ours are in Keras' order; each layer
-gives back its own Keras variables (`to_keras`).
+gives back its own Keras variables (`to_keras`). A user's own model goes back into its original
+file's format instead (`keras_like.save_keras_like`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import h5py
 import numpy as np
 
 from ..nn.graph import KerasModel
+from . import config as model_config
 from .atomic import atomic_write
-from .checkpoints import read_safetensors
-from .pairing import build, weighted_layers
+from .checkpoints import load_model, read_safetensors
+from .keras_like import WriteBackUsageError, save_keras_like
+from .pairing import build, describe_config, weighted_layers
 from .reader import WeightsFileError
 
 
@@ -38,21 +41,38 @@ def save_keras_h5(model: KerasModel, path) -> None:
     atomic_write(Path(path), write)
 
 
-def safetensors_to_keras(src, dst) -> dict:
-    """`torch-mobilenets convert --to keras`: a checkpoint (converted or saved here) to a Keras
-    .h5."""
-    state, config = read_safetensors(src)
-    if not config:
+def safetensors_to_keras(src, dst, *, like=None, config=None) -> dict:
+    """`torch-mobilenets convert --to keras`: a checkpoint (converted or saved here) to Keras;
+    returns the checkpoint's config.
+
+    Without `like`, an official architecture's legacy weights-only .h5 (`save_keras_h5`). With
+    `like`, the Keras file the model came from (and `config`, its JSON, for a weights-only
+    one): `dst` in that file's format (`save_keras_like`), which a user's own model needs: a
+    checkpoint of one without `like` raises WriteBackUsageError."""
+    state, recorded = read_safetensors(src)
+    if not recorded:
         raise WeightsFileError(
             f"{src}: records no model config; save it with save_checkpoint or "
             "convert it with torch-mobilenets convert"
         )
-    model = build(config)
+    if like is not None:
+        save_keras_like(load_model(src), dst, like=like, config=config)
+        return recorded
+    if config is not None:
+        raise WriteBackUsageError("a model config (--config) goes with the file it fits (--like)")
+    if recorded.get("family") == model_config.SPEC_FAMILY:
+        raise WriteBackUsageError(
+            f"{src}: holds a user's own {describe_config(recorded)}, which goes back to Keras "
+            "in the format of the Keras file it came from: give that file as like= (--like "
+            "ORIGINAL: the .keras, the full-model .h5, or the weights file with its JSON as "
+            "--config model.json)"
+        )
+    model = build(recorded)
     missing = set(model.state_dict()) ^ set(state)
     if missing:
         raise WeightsFileError(
-            f"{src}: does not fit its own config {config['family']}: {sorted(missing)[:5]}"
+            f"{src}: does not fit its own config {recorded['family']}: {sorted(missing)[:5]}"
         )
     model.load_state_dict(state)
     save_keras_h5(model, dst)
-    return config
+    return recorded
