@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
+import torch.nn.functional as F
 
 import torch_mobilenets as tm
 from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
@@ -78,18 +79,128 @@ def pixels(height, width, n=3, seed=0):
     return np.clip(np.round(smooth + noise), 0, 255).astype(np.float32)
 
 
-def trained_like(model):
-    """BatchNorm statistics far from identity, as in a trained model, so that a BatchNorm
-    skipped, applied twice or folded wrongly shows; in eval mode."""
-    generator = torch.Generator().manual_seed(0)
+# Two different inputs must give outputs at least this far apart (relative, as the parity
+# measure) for a comparison at PARITY_TOLERANCE to be able to fail.
+SENSITIVITY = 1e-2
+CALIBRATION_BATCH = 4
+
+
+def relative_error(got, expected) -> float:
+    """max |got - expected| / max(1, max |expected|): the parity measure, on tensors or arrays."""
+    got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
+    return (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
+
+
+def photo_like(n, height, width, seed=0, scaled=False, channels=3):
+    """Seeded NCHW float32 images, smooth as photos are: noise at an eighth of the size,
+    upsampled bilinearly, plus a little pixel noise. Pixels in [0, 255], or in [-1, 1] with
+    `scaled` (V1 and V2's `preprocess_input`)."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, max(2, height // 8), max(2, width // 8), generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    noise = torch.randn(n, channels, height, width, generator=generator)
+    x = (smooth * 255 + noise * 8).clamp_(0, 255).round_()
+    return x / 127.5 - 1 if scaled else x
+
+
+def takes_pixels(model) -> bool:
+    """Whether `model` takes [0, 255] pixels (V3 and KerasCV's backbone rescale inside) rather
+    than V1 and V2's [-1, 1]."""
+    config = getattr(model, "config", {})
+    return bool(config.get("include_preprocessing") or config.get("include_rescaling"))
+
+
+def model_images(model, n, height, width, seed=0):
+    """photo_like images in the range `model` expects, with its number of channels."""
+    channels = model.input_shape[0]
+    return photo_like(n, height, width, seed, scaled=not takes_pixels(model), channels=channels)
+
+
+def trained_like(model, size=None, seed=0):
+    """Weights like a trained model's, so that a layer skipped, applied twice, padded or folded
+    wrongly shows: BatchNorm gamma ~ U(0.5, 1.5) and beta ~ N(0, 0.1), conv and dense biases
+    ~ N(0, 0.1), and BatchNorm moving statistics taken from the batch statistics of one pass
+    over photo-like images (so every BatchNorm normalises what it gets, and the output depends
+    on the input, as a trained model's does). Calibrated at `size` (an int or (height, width))
+    where given, else at the model's static size or 224x224. Seeded; in eval mode.
+
+    A module without an input shape (a bare layer) gets random moving statistics instead."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
+                if module.weight is not None:
+                    module.weight.uniform_(0.5, 1.5, generator=generator)
+                if module.bias is not None:
+                    module.bias.normal_(0, 0.1, generator=generator)
+            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
+                module.bias.normal_(0, 0.1, generator=generator)
+    input_shape = getattr(model, "input_shape", None)
+    if input_shape is None:
+        with torch.no_grad():
+            for module in norms:
                 module.running_mean.normal_(0, 0.2, generator=generator)
                 module.running_var.uniform_(0.5, 2.0, generator=generator)
-                module.weight.uniform_(0.5, 1.5, generator=generator)
-                module.bias.normal_(0, 0.1, generator=generator)
+        return model.eval()
+    if size is None:
+        size = tuple(input_shape[1:]) if input_shape[1] else (224, 224)
+    height, width = (size, size) if isinstance(size, int) else size
+    first = next(model.parameters())
+    x = model_images(model, CALIBRATION_BATCH, height, width, seed=seed)
+    x = x.to(first.device, first.dtype)
+    # Momentum 1 in PyTorch's terms: the moving statistics become this batch's. The layers
+    # frozen (Keras' trainable=False) would run in inference mode, so are thawed for the pass;
+    # everything else (Dropout) stays in inference mode.
+    kept = [
+        (m, m.momentum, getattr(m, "trainable", None), m.num_batches_tracked.clone()) for m in norms
+    ]
+    model.eval()
+    for module in norms:
+        module.momentum = 1.0
+        if getattr(module, "trainable", None) is not None:
+            module.trainable = True
+        module.train()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for module, momentum, trainable, tracked in kept:
+            module.momentum = momentum
+            if trainable is not None:
+                module.trainable = trainable
+            module.num_batches_tracked.copy_(tracked)
     return model.eval()
+
+
+def output_distance(first, second=None) -> float:
+    """How far apart the outputs for different inputs are, relative as the parity measure:
+    `first` and `second` outputs (or tuples of them) for two inputs, or one batch of outputs
+    for different inputs (each row against the first; the smallest)."""
+    if isinstance(first, (tuple, list)):
+        pairs = zip(first, second) if second is not None else ((f, None) for f in first)
+        return min(output_distance(f, s) for f, s in pairs)
+    first = torch.as_tensor(first)
+    if second is not None:
+        return relative_error(second, first)
+    if first.shape[0] < 2:
+        raise ValueError("one batch of outputs needs two rows or more, for two inputs")
+    return min(relative_error(row, first[0]) for row in first[1:])
+
+
+def assert_sensitive(first, second=None, case=""):
+    """That a comparison at PARITY_TOLERANCE can fail: the outputs for two different inputs are
+    at least SENSITIVITY apart (see `output_distance`). `first` may be a model, `second` then
+    a batch of two inputs or more, which it runs on. Returns the distance."""
+    if isinstance(first, torch.nn.Module):
+        with torch.no_grad():
+            first, second = first(second), None
+    distance = output_distance(first, second)
+    assert distance >= SENSITIVITY, (
+        f"{case}: outputs for different inputs only {distance:.2g} apart: a comparison at "
+        f"{PARITY_TOLERANCE} cannot fail"
+    )
+    return distance
 
 
 def keras_preprocess(family, x, scaled_input=False):

@@ -133,7 +133,7 @@ def test_converter_reads_keras_cv_files(stack, alpha, layout, weights_file, tmp_
 
 def test_the_legacy_h5_we_write_reads_back_and_keras_cv_loads_it(tmp_path):
     kwargs = dict(SMALL, include_rescaling=False, alpha=0.75)
-    ours = trained_like(tm.MobileNetV3Backbone(**kwargs))
+    ours = trained_like(tm.MobileNetV3Backbone(**kwargs), size=96)
     checkpoint, back = tmp_path / "backbone.safetensors", tmp_path / "backbone.h5"
     tm.save_checkpoint(ours, checkpoint)
     config = keras_io.safetensors_to_keras(checkpoint, back)

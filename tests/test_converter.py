@@ -207,7 +207,7 @@ def test_half_precision_models_save_as_float32_and_load_back_exactly(dtype, tmp_
     def build():
         return tm.MobileNetV3Small(weights=None, alpha=0.75)
 
-    model = trained_like(build()).to(dtype)
+    model = trained_like(build(), size=64).to(dtype)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     path = tmp_path / "half.safetensors"
     tm.save_checkpoint(model, path)

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from helpers import PARITY_TOLERANCE, ROOT, trained_like
+from helpers import PARITY_TOLERANCE, ROOT, assert_sensitive, model_images, trained_like
 
 import torch_mobilenets as tm
 from torch_mobilenets.nn import inference
@@ -28,16 +28,16 @@ from torch_mobilenets.nn.layers import Conv2d, HardSigmoid, HardSwish, ReLU, ReL
     ],
 )
 def test_optimized_copy_computes_the_same_function(builder, kwargs):
-    model = trained_like(builder(weights=None, **kwargs))
+    model = builder(weights=None, **kwargs)
+    size = model.input_shape[1:] if model.input_shape[1] else (97, 131)
+    trained_like(model, size=size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fast = tm.optimize_for_inference(model)
     assert sum(isinstance(m, FoldedAway) for m in fast.modules()) > 10
-    size = model.input_shape[1:] if model.input_shape[1] else (97, 131)
-    x = torch.rand(2, 3, *size) * 255
-    if builder in (tm.MobileNet, tm.MobileNetV2):
-        x = x / 127.5 - 1
+    x = model_images(model, 2, *size, seed=1)  # [-1, 1] for V1 and V2, else pixels
     with torch.no_grad():
         expected = model(x)
+        assert_sensitive(expected)
         for got in (fast(x), fast(x.contiguous(memory_format=torch.channels_last))):
             error = (got - expected).abs().max() / max(1.0, expected.abs().max())
             assert error <= PARITY_TOLERANCE
@@ -70,6 +70,7 @@ def test_compiled_copy_computes_the_same_function():
         with mode():
             got = fast(x.contiguous(memory_format=layout) if layout else x)
         assert got.shape == expected.shape == (2, 256)
+        assert_sensitive(expected, case=f"{height}x{width}")
         error = ((got - expected).abs().max() / max(1.0, expected.abs().max())).item()
         assert error <= PARITY_TOLERANCE, f"{height}x{width}: relative error {error:.2e}"
 
@@ -93,7 +94,7 @@ def test_convolutions_take_in_their_activations():
 
 @needs_onednn
 def test_fused_convolution_follows_input_shapes_and_weight_changes():
-    model = trained_like(tm.MobileNetV3Small(weights=None, classifier_activation=None))
+    model = trained_like(tm.MobileNetV3Small(weights=None, classifier_activation=None), size=64)
     fast = tm.optimize_for_inference(model)
     stem = fast.get_submodule("conv")
     sizes = [(1, 64, 64), (3, 64, 64), (1, 65, 77), (2, 96, 64), (1, 33, 33), (1, 64, 64)]
@@ -104,6 +105,8 @@ def test_fused_convolution_follows_input_shapes_and_weight_changes():
             error = (fast(x) - expected).abs().max() / expected.abs().max()
             assert error <= PARITY_TOLERANCE, (n, h, w)
             assert len(stem._packed) <= FusedConv2d.PACKED_SHAPES
+            if n > 1:
+                assert_sensitive(expected, case=f"{n}x{h}x{w}")
         before = fast(x)
         stem.weight.mul_(2.0)  # an in-place change of the weight is seen
         assert not torch.allclose(fast(x), before)
@@ -122,6 +125,7 @@ def test_fused_copy_falls_back_where_onednn_does_not_apply():
         expected = model.double()(x.detach().double())
         got = fast.double()(x.detach().double())  # float64: plain layers
     assert got.dtype == torch.float64
+    assert_sensitive(expected)
     # the same function; the BatchNorms were folded in float32
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
@@ -158,9 +162,10 @@ def test_inference_mode_and_no_grad_in_every_combination(builder, monkeypatch):
     ):
         case = f"built under {built}, made under {made}, run under {run}"
         with MODES[built]():
-            model = trained_like(builder(weights=None, alpha=0.5, include_top=False))
+            model = trained_like(builder(weights=None, alpha=0.5, include_top=False), size=65)
         with torch.no_grad():
             expected = model(x)
+        assert_sensitive(expected, case=case)
         with MODES[made]():
             fast = tm.optimize_for_inference(model)
         with MODES[run](), monkeypatch.context() as patch:

@@ -121,6 +121,10 @@ def test_keras_default_names():
             "at least 32x32",
         ),
         (lambda: tm.MobileNetV3Small(weights=None, input_shape=(3, 64, 16)), "at least 32x32"),
+        (
+            lambda: tm.MobileNetV2(weights=None, include_top=False, input_shape=(160, 160, 3)),
+            r"channels first: did you mean \(3, 160, 160\)\?",
+        ),
         (lambda: tm.MobileNetV2(weights=None, input_shape=(3, None, None)), "static `input_shape`"),
         (lambda: tm.MobileNet(weights="imagenet", alpha=0.3), "alpha can be one of"),
         (

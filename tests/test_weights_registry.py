@@ -11,7 +11,7 @@ import torch_mobilenets as tm
 from torch_mobilenets.pretrained import registry
 from torch_mobilenets.pretrained.download import DownloadError
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+WEIGHTS_PAGE = Path(__file__).resolve().parent.parent / "docs" / "official-weights.md"
 
 
 def test_every_official_file_once():
@@ -88,8 +88,8 @@ def test_figures_and_exact_parameter_counts():
         assert registry.find_checkpoint(family, 1.0, 224, False).parameters == no_top
 
 
-def test_readme_shows_the_registry():
-    assert registry.weights_table() in README.read_text()
+def test_the_docs_show_the_registry():
+    assert registry.weights_table() in WEIGHTS_PAGE.read_text()
 
 
 def test_unknown_configuration_names_what_exists():

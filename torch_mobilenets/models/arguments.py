@@ -132,8 +132,15 @@ def check_input_shape(input_shape: tuple, min_size: int = 32) -> tuple:
     if channels is None:
         raise ValueError(f"the channel count of `input_shape` must be given; got {input_shape}")
     if (height is not None and height < min_size) or (width is not None and width < min_size):
+        # Keras' own order (H, W, C) is the likely slip of a user porting Keras code.
+        hint = (
+            f" (channels first: did you mean {(width, channels, height)}?)"
+            if width in (1, 3) and channels is not None and channels >= min_size
+            else ""
+        )
         raise ValueError(
-            f"Input size must be at least {min_size}x{min_size}; got input_shape={input_shape}"
+            f"Input size must be at least {min_size}x{min_size}; got "
+            f"input_shape={input_shape}{hint}"
         )
     return tuple(input_shape)
 
