@@ -31,7 +31,7 @@ The other arguments are `torch_mobilenets.{builder}`'s, documented below.
 
 
 def _entry_point(family, entry):
-    builder = _BUILDERS[family]
+    builder = _BUILDERS[family].builder
 
     def load(weights="imagenet", progress=True, **kwargs):
         with _progress_bars(progress):

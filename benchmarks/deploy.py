@@ -4,13 +4,16 @@ checks against eager PyTorch, and their speed for the README's "Deploying" table
     python benchmarks/deploy.py [--models ...] [--paths ...] [--calls 200] [--threads 2]
                                 [--out benchmarks/deploy-results.md]
 
+It writes the run's records (benchmarks/records.py) beside the markdown, as .json; the docs quote
+the table from them (benchmarks/render.py).
+
 A path turns an eval-mode model and an example input into a runner: a function from an NCHW
 float32 tensor to the model's output, computed by the target runtime (ONNX Runtime, OpenVINO,
 AOTInductor, TorchScript, ExecuTorch). With `dynamic`, the export keeps the batch and the
 spatial size free (the example then needs a batch of 2: torch.export specialises sizes 0 and 1).
 
-Timing: batch 1, 224x224, models built for that static size, BatchNorm statistics calibrated
-like a trained model's (`trained_like`: random statistics make activations denormal, and the
+Timing: batch 1, 224x224, models built for that static size, BatchNorm statistics calibrated like
+a trained model's (calibration.trained_like: random statistics make activations denormal, and the
 timings meaningless). The process is pinned to `--threads` cores; each path runs in turns with
 eager PyTorch, call for call after a warm-up, and its ratio is the median of those paired
 ratios, so a machine that slows down slows both alike. Other work on the machine still shows:
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import importlib.util
 import os
 import statistics
@@ -36,17 +38,17 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-import torch._dynamo  # before anything loads TensorFlow (tests/helpers.py)
+import torch._dynamo  # before anything loads TensorFlow
 from torch import nn
 from torch.export import Dim
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from helpers import PREPROCESS, trained_like  # noqa: E402
+sys.path.insert(0, str(ROOT))
 
 import torch_mobilenets as tm  # noqa: E402
-from benchmarks.run import markdown_table  # noqa: E402
+from benchmarks import records, render  # noqa: E402
+from benchmarks.calibration import trained_like  # noqa: E402
+from benchmarks.records import Results  # noqa: E402
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -95,8 +97,12 @@ def images(model: nn.Module, n: int, height: int, width: int, seed: int = 0) -> 
     """Seeded inputs in the range the model expects: pixels in [0, 255], preprocessed as the
     family's `preprocess_input` does (V1 and V2 to [-1, 1])."""
     pixels = torch.rand(n, 3, height, width, generator=torch.Generator().manual_seed(seed)) * 255
-    preprocess = PREPROCESS.get(getattr(model, "config", {}).get("family"))
-    return preprocess(pixels) if preprocess else pixels
+    family = getattr(model, "config", {}).get("family")
+    if family == "mobilenet":
+        return tm.mobilenet_v1.preprocess_input(pixels)
+    if family == "mobilenet_v2":
+        return tm.mobilenet_v2.preprocess_input(pixels)
+    return pixels  # V3 and KerasCV's backbones rescale inside
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -269,17 +275,11 @@ def paired_times(runner: Runner, eager: Runner, x: torch.Tensor, calls: int, war
     return statistics.median(ours) * 1e3, statistics.median(a / b for a, b in zip(ours, theirs))
 
 
-def versions() -> str:
-    installed = {d.metadata["Name"].lower(): d.version for d in importlib.metadata.distributions()}
-    names = ["torch", "onnx", "onnxscript", "onnxruntime", "openvino", "executorch"]
-    return ", ".join(f"{name} {installed[name]}" for name in names if name in installed)
-
-
-def load_average() -> str:
-    return ", ".join(f"{value:.1f}" for value in os.getloadavg())
+VERSIONS = ["torch", "onnx", "onnxscript", "onnxruntime", "openvino", "executorch"]
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS)[:4], choices=list(MODELS))
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
@@ -296,9 +296,14 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     paths = [PATHS[name] for name in args.paths if available(PATHS[name])]
     skipped = sorted(set(args.paths) - {p.name for p in paths})
-    load_before = load_average()
-    # (path, model) -> (ms, ratio to eager, relative error)
-    cells: dict[tuple[str, str], tuple[float, float, float]] = {}
+    settings = {
+        **{k: v for k, v in vars(args).items() if k != "out"},
+        "cores": cores[: args.threads],
+        "skipped": skipped,
+    }
+    results = Results(
+        records.header("deploy", records.command_line(__file__, argv), settings, VERSIONS)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             model = build(name, 224)
@@ -309,47 +314,37 @@ def main(argv=None):
             def eager(x, model=model):
                 return model(x)
 
-            cells["eager", name] = (*paired_times(eager, eager, x, args.calls, args.warmup), 0.0)
+            ms, ratio = paired_times(eager, eager, x, args.calls, args.warmup)
+            results.records.append(_record("eager", name, ms, ratio, 0.0))
             for path in paths:
                 workdir = Path(tmp) / name / path.name
                 workdir.mkdir(parents=True)
                 runner = path.build(model, x, False, workdir, args.threads)
                 error = relative_error(runner(x), expected)
-                cells[path.name, name] = (
-                    *paired_times(runner, eager, x, args.calls, args.warmup),
-                    error,
-                )
-                ms, ratio, _ = cells[path.name, name]
+                ms, ratio = paired_times(runner, eager, x, args.calls, args.warmup)
+                results.records.append(_record(path.name, name, ms, ratio, error))
                 print(f"{name:20s} {path.name:30s} {ms:7.2f} ms  x{ratio:.2f}  {error:.1e}")
-    table = markdown(cells, args, load_before, skipped)
+    # The records in the table's order: eager first, then the paths as asked for.
+    order = ["eager", *args.paths]
+    results.records.sort(key=lambda r: order.index(r["path"]))
+    records.finish(results)
+    results.save(records.records_path(args.out))
+    table = render.markdown(results)
     print("\n" + table)
     args.out.write_text(table)
-    print(f"written to {args.out}")
+    print(f"written to {args.out} and {records.records_path(args.out)}")
 
 
-def markdown(cells, args, load_before, skipped) -> str:
-    rows = [
-        [TITLES[path], *(_cell(cells[path, name]) for name in args.models)]
-        for path in ["eager", *args.paths]
-        if (path, args.models[0]) in cells
-    ]
-    worst = max(error for _, _, error in cells.values())
-    lines = [
-        f"{versions()}; fp32 CPU, batch 1, 224x224, models built for 224x224; pinned to "
-        f"{args.threads} cores, {args.threads} threads; median ms per image over {args.calls} "
-        f"calls, each paired with an eager call (in brackets: the median ratio to eager, below 1 "
-        f"is faster); load average {load_before} before, {load_average()} after; worst relative "
-        f"error against eager {worst:.1e}.",
-        *markdown_table(["path", *args.models], rows),
-    ]
-    if skipped:
-        lines.append(f"Not installed, so not timed: {', '.join(skipped)}.")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(cell: tuple[float, float, float]) -> str:
-    ms, ratio, _ = cell
-    return f"{ms:.2f} ({ratio:.2f})"
+def _record(path: str, model: str, ms: float, ratio: float, error: float) -> records.Record:
+    return {
+        "table": "deploy",
+        "path": path,
+        "title": TITLES[path],
+        "model": model,
+        "ms": ms,
+        "ratio": ratio,
+        "error": error,
+    }
 
 
 if __name__ == "__main__":

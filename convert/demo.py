@@ -91,17 +91,13 @@ def official_rows(path: Path):
 
     import torch_mobilenets as tm
     from torch_mobilenets.keras_io import file_config, read
+    from torch_mobilenets.models import FAMILIES
 
     config = file_config(read(path))
     dst = convert_with_cli(path)
     family = config.pop("family")
     config.pop("input_shape", None)
-    keras_builder = {
-        "mobilenet": keras.applications.MobileNet,
-        "mobilenet_v2": keras.applications.MobileNetV2,
-        "mobilenet_v3_small": keras.applications.MobileNetV3Small,
-        "mobilenet_v3_large": keras.applications.MobileNetV3Large,
-    }[family]
+    keras_builder = getattr(keras.applications, FAMILIES[family].keras_class)
     shape = (224, 224, 3) if family in ("mobilenet", "mobilenet_v2") else None
     keras_model = keras_builder(
         weights=None, input_shape=shape, classifier_activation=None, **config

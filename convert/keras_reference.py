@@ -20,22 +20,24 @@ import keras
 import numpy as np
 from keras.src.legacy.saving import legacy_h5_format
 
-
-def keras_cv_backbone(weights=None, **kwargs):
-    """KerasCV's MobileNetV3Backbone (imported on first use: keras_cv is slow to import)."""
-    from keras_cv.models import MobileNetV3Backbone
-
-    assert weights is None, "KerasCV backbones take weights through presets"
-    return MobileNetV3Backbone(**kwargs)
+from torch_mobilenets.models import FAMILIES
 
 
-FAMILIES = {
-    "mobilenet": keras.applications.MobileNet,
-    "mobilenet_v2": keras.applications.MobileNetV2,
-    "mobilenet_v3_small": keras.applications.MobileNetV3Small,
-    "mobilenet_v3_large": keras.applications.MobileNetV3Large,
-    "mobilenet_v3_backbone": keras_cv_backbone,
-}
+def keras_builder(family: str):
+    """Keras' builder of `family` (KerasCV's imported on first use: keras_cv is slow to import)."""
+    entry = FAMILIES[family]
+    if not entry.keras_cv:
+        return getattr(keras.applications, entry.keras_class)
+    import keras_cv
+
+    backbone = getattr(keras_cv.models, entry.keras_class)
+
+    def build(weights=None, **kwargs):
+        assert weights is None, "KerasCV backbones take weights through presets"
+        return backbone(**kwargs)
+
+    return build
+
 
 LAYOUTS = ("keras2_h5", "keras3_h5", "full_model_h5", "weights_h5", "keras_zip")
 
@@ -55,7 +57,7 @@ KERAS2_VERSION = b"2.4.0"
 # --------------------------------------------------------------------------- models
 def build_keras(family, seed=0, **kwargs):
     """Keras `family` model built with `weights=None` + kwargs, weights drawn from `seed`."""
-    model = FAMILIES[family](weights=None, **kwargs)
+    model = keras_builder(family)(weights=None, **kwargs)
     randomize_weights(model, seed)
     return model
 

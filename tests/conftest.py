@@ -4,15 +4,22 @@ torch and torch._dynamo are imported before anything loads TensorFlow (see helpe
 
 import helpers
 import pytest
+import skip_summary
 import torch
 import torch._dynamo
 import user_models
 
 
+def pytest_configure(config):
+    """Every skip listed at the end, with its reason (skip_summary.py)."""
+    if not config.pluginmanager.has_plugin("skip_summary"):
+        config.pluginmanager.register(skip_summary, "skip_summary")
+
+
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory):
-    """Write a Keras model's weights once per (model, layout); returns the path. Skips the test
-    where Keras is not installed."""
+    """Write a Keras model's weights once per (model, layout); returns the path. Where Keras is
+    not installed: a failure, or a skip where the `keras` extra is left out on purpose."""
     kr = helpers.keras_reference()
     root = tmp_path_factory.mktemp("keras_files")
     cache = {}
@@ -30,17 +37,20 @@ def weights_file(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that read Keras-written files (the `weights_file` fixture) are marked `keras` too;
-    tests marked `keras` skip, with the reason, where Keras is not installed."""
-    skip = pytest.mark.skip(reason=helpers.KERAS_REASON)
+    """Tests that read Keras-written files (the `weights_file` fixture) are marked `keras` too."""
     skip_tf_keras = pytest.mark.skip(reason=user_models.TF_KERAS_REASON)
     for item in items:
         if "tf_keras" in item.keywords and not user_models.HAVE_TF_KERAS:
             item.add_marker(skip_tf_keras)
         if "weights_file" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.keras)
-        if "keras" in item.keywords and not helpers.HAVE_KERAS:
-            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item):
+    """A test marked `keras` where Keras is not installed fails, naming the extra, or skips,
+    with the reason, where the `keras` extra is left out on purpose (helpers.missing)."""
+    if "keras" in item.keywords and not helpers.HAVE_KERAS:
+        helpers.keras_reference()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -29,7 +29,7 @@ from helpers import keras_model, keras_reference
 from hypothesis import event
 from hypothesis import strategies as st
 
-from torch_mobilenets import WeightsFileError, conversion
+from torch_mobilenets import WeightsFileError, keras_io
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)  # shared with the other converter tests
@@ -121,7 +121,7 @@ def convert_outcome(data: bytes, suffix: str, workdir: Path, allow_nonfinite=Fal
         src, dst = case / f"weights{suffix}", case / "out.safetensors"
         src.write_bytes(data)
         try:
-            config = conversion.convert(src, dst, allow_nonfinite=allow_nonfinite)
+            config = keras_io.convert(src, dst, allow_nonfinite=allow_nonfinite)
         except WeightsFileError as error:
             message = str(error)
             assert message.startswith(f"{src}: ") and "\n" not in message, message
@@ -129,9 +129,9 @@ def convert_outcome(data: bytes, suffix: str, workdir: Path, allow_nonfinite=Fal
             note(f"refused: {_kind(message[len(str(src)) + 2 :])}")
             return None
         assert sorted(p.name for p in case.iterdir()) == sorted([src.name, dst.name])
-        state, recorded = conversion.read_safetensors(dst, allow_nonfinite=allow_nonfinite)
+        state, recorded = keras_io.read_safetensors(dst, allow_nonfinite=allow_nonfinite)
         assert recorded == config
-        conversion.load_weights(conversion.build(config), dst, allow_nonfinite=allow_nonfinite)
+        keras_io.load_weights(keras_io.build(config), dst, allow_nonfinite=allow_nonfinite)
         note("converted")
         return state
     finally:

@@ -1,8 +1,9 @@
 """What the tests share: seeded Keras models, the parity check, weights like a trained model's.
 
-Keras (on TensorFlow) is the reference, and optional: `keras_reference()` gives the Keras side
-(convert/keras_reference.py) or skips the test, with the reason, where Keras is not installed.
-Tests that need it are marked `keras`, so `pytest -m "not keras"` runs the rest.
+Keras (on TensorFlow) is the reference: `keras_reference()` gives the Keras side
+(convert/keras_reference.py). Tests that need it are marked `keras`, so `pytest -m "not keras"`
+runs the rest. Where a package of the `test` extra is missing, a test that needs it fails
+(`require`, `missing`), unless the extra is left out on purpose ($TORCH_MOBILENETS_TEST_WITHOUT).
 
 torch and torch._dynamo must be imported before anything loads TensorFlow: with TensorFlow
 loaded first, the first lazy import of torch._dynamo (an optimizer step, torch.compile)
@@ -21,9 +22,15 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
-import torch.nn.functional as F
 
 import torch_mobilenets as tm
+from benchmarks.calibration import (  # noqa: F401 (the benchmarks calibrate with these too)
+    CALIBRATION_BATCH,
+    model_images,
+    photo_like,
+    takes_pixels,
+    trained_like,
+)
 from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
 
 HAVE_KERAS = all(importlib.util.find_spec(name) is not None for name in ("keras", "tensorflow"))
@@ -31,6 +38,59 @@ KERAS_REASON = (
     "needs Keras on TensorFlow, the reference: pip install "
     "'torch-mobilenets[keras]' (or run `make test`)"
 )
+
+# What the `test` extra (pyproject.toml) installs, by module, and the extra that brings it. A
+# test that needs one of these and does not find it fails, naming the extra, unless that extra
+# is left out on purpose: listed in $TORCH_MOBILENETS_TEST_WITHOUT (`make test-core` lists
+# "keras keras-cv bench build"), where such tests skip, with the reason. Other modules (tf-keras,
+# which the Makefile adds) skip where absent.
+TEST_EXTRA = {
+    "keras": "keras",
+    "tensorflow": "keras",
+    "keras_cv": "keras-cv",
+    "torchvision": "bench",
+    "timm": "bench",
+    "onnx": "bench",
+    "onnxruntime": "bench",
+    "onnxscript": "bench",
+    "openvino": "bench",
+    "executorch": "bench",
+    "hypothesis": "test",
+    "build": "test",
+}
+WITHOUT_ENV = "TORCH_MOBILENETS_TEST_WITHOUT"
+
+
+def left_out() -> set[str]:
+    """The extras (or modules) $TORCH_MOBILENETS_TEST_WITHOUT names, split on spaces or commas."""
+    return set(os.environ.get(WITHOUT_ENV, "").replace(",", " ").split())
+
+
+def missing(module, reason=None):
+    """For a test that needs `module`, which is not installed: fail, naming the extra that
+    installs it, or skip where that extra is left out on purpose (see TEST_EXTRA) or the module
+    is no part of the test extra. Works at module level too."""
+    extra = TEST_EXTRA.get(module.split(".")[0])
+    reason = reason or f"needs {module}"
+    if extra is None:
+        pytest.skip(reason, allow_module_level=True)
+    if extra in left_out() or module in left_out():
+        pytest.skip(f"{reason} ({WITHOUT_ENV} leaves out `{extra}`)", allow_module_level=True)
+    pytest.fail(
+        f"{reason}: {module} is missing, and the `test` extra installs it (extra `{extra}`): "
+        f"pip install -e '.[test]', or run `make test`; {WITHOUT_ENV}={extra} skips such "
+        "tests instead",
+        pytrace=False,
+    )
+
+
+def require(module):
+    """`import module`, or fail (or skip, where left out on purpose) as `missing` says."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing(module)
+
 
 # max |logit difference| / max(1, max |Keras logit|)
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,10 +120,10 @@ worst = defaultdict(lambda: (0.0, ""))
 
 
 def keras_reference():
-    """convert.keras_reference (seeded Keras models and files), or skip where Keras is absent
-    (also at module level)."""
+    """convert.keras_reference (seeded Keras models and files); where Keras is absent, a failure,
+    or a skip where the `keras` extra is left out on purpose (`missing`; also at module level)."""
     if not HAVE_KERAS:
-        pytest.skip(KERAS_REASON, allow_module_level=True)
+        missing("keras", KERAS_REASON)
     from convert import keras_reference
 
     return keras_reference
@@ -82,95 +142,12 @@ def pixels(height, width, n=3, seed=0):
 # Two different inputs must give outputs at least this far apart (relative, as the parity
 # measure) for a comparison at PARITY_TOLERANCE to be able to fail.
 SENSITIVITY = 1e-2
-CALIBRATION_BATCH = 4
 
 
 def relative_error(got, expected) -> float:
     """max |got - expected| / max(1, max |expected|): the parity measure, on tensors or arrays."""
     got, expected = torch.as_tensor(got).double(), torch.as_tensor(expected).double()
     return (got - expected).abs().max().item() / max(1.0, expected.abs().max().item())
-
-
-def photo_like(n, height, width, seed=0, scaled=False, channels=3):
-    """Seeded NCHW float32 images, smooth as photos are: noise at an eighth of the size,
-    upsampled bilinearly, plus a little pixel noise. Pixels in [0, 255], or in [-1, 1] with
-    `scaled` (V1 and V2's `preprocess_input`)."""
-    generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, channels, max(2, height // 8), max(2, width // 8), generator=generator)
-    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    noise = torch.randn(n, channels, height, width, generator=generator)
-    x = (smooth * 255 + noise * 8).clamp_(0, 255).round_()
-    return x / 127.5 - 1 if scaled else x
-
-
-def takes_pixels(model) -> bool:
-    """Whether `model` takes [0, 255] pixels (V3 and KerasCV's backbone rescale inside) rather
-    than V1 and V2's [-1, 1]."""
-    config = getattr(model, "config", {})
-    return bool(config.get("include_preprocessing") or config.get("include_rescaling"))
-
-
-def model_images(model, n, height, width, seed=0):
-    """photo_like images in the range `model` expects, with its number of channels."""
-    channels = model.input_shape[0]
-    return photo_like(n, height, width, seed, scaled=not takes_pixels(model), channels=channels)
-
-
-def trained_like(model, size=None, seed=0):
-    """Weights like a trained model's, so that a layer skipped, applied twice, padded or folded
-    wrongly shows: BatchNorm gamma ~ U(0.5, 1.5) and beta ~ N(0, 0.1), conv and dense biases
-    ~ N(0, 0.1), and BatchNorm moving statistics taken from the batch statistics of one pass
-    over photo-like images (so every BatchNorm normalises what it gets, and the output depends
-    on the input, as a trained model's does). Calibrated at `size` (an int or (height, width))
-    where given, else at the model's static size or 224x224. Seeded; in eval mode.
-
-    A module without an input shape (a bare layer) gets random moving statistics instead."""
-    generator = torch.Generator().manual_seed(seed)
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                if module.weight is not None:
-                    module.weight.uniform_(0.5, 1.5, generator=generator)
-                if module.bias is not None:
-                    module.bias.normal_(0, 0.1, generator=generator)
-            elif isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)) and module.bias is not None:
-                module.bias.normal_(0, 0.1, generator=generator)
-    input_shape = getattr(model, "input_shape", None)
-    if input_shape is None:
-        with torch.no_grad():
-            for module in norms:
-                module.running_mean.normal_(0, 0.2, generator=generator)
-                module.running_var.uniform_(0.5, 2.0, generator=generator)
-        return model.eval()
-    if size is None:
-        size = tuple(input_shape[1:]) if input_shape[1] else (224, 224)
-    height, width = (size, size) if isinstance(size, int) else size
-    first = next(model.parameters())
-    x = model_images(model, CALIBRATION_BATCH, height, width, seed=seed)
-    x = x.to(first.device, first.dtype)
-    # Momentum 1 in PyTorch's terms: the moving statistics become this batch's. The layers
-    # frozen (Keras' trainable=False) would run in inference mode, so are thawed for the pass;
-    # everything else (Dropout) stays in inference mode.
-    kept = [
-        (m, m.momentum, getattr(m, "trainable", None), m.num_batches_tracked.clone()) for m in norms
-    ]
-    model.eval()
-    for module in norms:
-        module.momentum = 1.0
-        if getattr(module, "trainable", None) is not None:
-            module.trainable = True
-        module.train()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for module, momentum, trainable, tracked in kept:
-            module.momentum = momentum
-            if trainable is not None:
-                module.trainable = trainable
-            module.num_batches_tracked.copy_(tracked)
-    return model.eval()
 
 
 def output_distance(first, second=None) -> float:
@@ -236,15 +213,31 @@ def _keras_model(family, seed, **kwargs):
     return keras_reference().build_keras(family, seed=seed, **kwargs)
 
 
+# Keras' outputs by (model, its weights, inputs): many tests compare several of our models
+# (layouts of one file, say) with one Keras model on the same images. Each entry keeps its model
+# alive, so its id is never another model's; a digest of the weights notices set_weights.
+_KERAS_OUTPUTS: dict[tuple, tuple] = {}
+
+
+def _keras_outputs(family, keras_model_, x, inputs_key):
+    digest = tuple(float(np.sum(w, dtype=np.float64)) for w in keras_model_.get_weights())
+    key = (id(keras_model_), digest, family, *inputs_key)
+    if key not in _KERAS_OUTPUTS:
+        scaled_input = inputs_key[-1]
+        outputs = keras_reference().keras_predict(
+            keras_model_, keras_preprocess(family, x, scaled_input)
+        )
+        _KERAS_OUTPUTS[key] = (keras_model_, outputs)
+    return _KERAS_OUTPUTS[key][1]
+
+
 def assert_parity(family, keras_model_, torch_model, height, width, case="", seed=0, record=True):
     """Same images through both (each framework's own preprocess_input); checks the relative
     error against PARITY_TOLERANCE and top-1 agreement; returns the error. `record` adds it to
     the worst-error summary (not for comparisons that are meant to fail)."""
     x = pixels(height, width, seed=seed)
     scaled_input = torch_model.config.get("include_preprocessing") is False
-    expected = keras_reference().keras_predict(
-        keras_model_, keras_preprocess(family, x, scaled_input)
-    )
+    expected = _keras_outputs(family, keras_model_, x, (height, width, seed, scaled_input))
     preprocess = PREPROCESS["mobilenet_v2" if scaled_input else family]
     torch_input = preprocess(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
     with torch.no_grad():

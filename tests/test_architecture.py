@@ -15,7 +15,7 @@ PACKAGE = ROOT / "torch_mobilenets"
 # Lowest first; a module may import its own layer and those before it.
 LAYERS = ["nn", "models", "keras_io", "pretrained", "api", "cli"]
 # Entry points are command line, though they sit at the top of the package.
-ENTRY_POINTS = {"torch_mobilenets.__main__", "torch_mobilenets.predict"}
+ENTRY_POINTS = {"torch_mobilenets.__main__"}
 # The version is a constant every layer may read.
 LEAF = "torch_mobilenets._version"
 RUNTIME_IMPORTS = {"torch", "numpy", "h5py", "safetensors", "PIL", "tqdm"}
@@ -138,38 +138,35 @@ def test_dependencies_are_exactly_what_the_package_imports():
     assert {"keras", "keras-cv", "test", "lint"} <= set(project["optional-dependencies"])
 
 
-# Everything the package offered before its layers were split, by the same names.
-PUBLIC = [
-    "FAMILIES",
-    "Checkpoint",
-    "KerasModel",
-    "KerasPreprocessing",
-    "MobileNet",
-    "MobileNetV2",
-    "MobileNetV3Backbone",
-    "MobileNetV3Large",
-    "MobileNetV3LargeBackbone",
-    "MobileNetV3Small",
-    "MobileNetV3SmallBackbone",
-    "list_weights",
-    "mobilenet_v1",
-    "mobilenet_v2",
-    "mobilenet_v3",
-    "optimize_for_inference",
-]
+DOCUMENTED = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def test_the_public_names_keep_working():
+def test_the_public_surface_is_what_the_docs_document():
+    import importlib.util
+
     import hubconf
     import torch_mobilenets as tm
-    from torch_mobilenets import conversion, saving
 
-    assert set(PUBLIC) <= set(tm.__all__) and all(hasattr(tm, name) for name in tm.__all__)
+    docs = "\n".join(page.read_text() for page in DOCUMENTED)
+    assert all(hasattr(tm, name) for name in tm.__all__)
+    assert [name for name in tm.__all__ if name not in docs] == []
+    public = {name for name in dir(tm) if not name.startswith("_")}
+    layers = {"cli", "keras_io", "models", "nn", "pretrained", "mobilenet_v3_backbone"}
+    assert public - layers == set(tm.__all__) - layers - {"__version__"}
+    # No release shipped the old re-exporting paths; one path per name.
+    for old in ("conversion", "saving", "predict"):
+        assert importlib.util.find_spec(f"torch_mobilenets.{old}") is None
     for module in (tm.mobilenet_v1, tm.mobilenet_v2, tm.mobilenet_v3):
         assert callable(module.preprocess_input) and callable(module.decode_predictions)
+    # One registry of families: the public constructors are made from it.
+    from torch_mobilenets.models import FAMILIES
+
+    assert list(tm.FAMILIES) == list(FAMILIES)
     assert tm.mobilenet_v2.MobileNetV2 is tm.MobileNetV2 is tm.FAMILIES["mobilenet_v2"]
-    assert conversion.convert is tm.keras_io.convert and conversion.load_weights is tm.load_weights
-    assert saving.save_checkpoint is tm.save_checkpoint
+    assert tm.FAMILIES["mobilenet"] is tm.MobileNet
+    assert tm.FAMILIES["mobilenet_v3_small"] is tm.MobileNetV3Small
+    assert tm.FAMILIES["mobilenet_v3_large"] is tm.MobileNetV3Large
+    assert tm.FAMILIES["mobilenet_v3_backbone"] is tm.MobileNetV3Backbone
     assert tm.KerasPreprocessing.for_model(tm.MobileNetV2(weights=None)).size == (224, 224)
     entries = {
         "mobilenet",

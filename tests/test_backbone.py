@@ -16,7 +16,7 @@ from helpers import (
 )
 
 import torch_mobilenets as tm
-from torch_mobilenets import conversion, keras_io
+from torch_mobilenets import keras_io
 from torch_mobilenets.keras_io.pairing import weighted_layers
 from torch_mobilenets.models.mobilenet_v3_backbone import PRESETS
 
@@ -124,7 +124,7 @@ def test_converter_reads_keras_cv_files(stack, alpha, layout, weights_file, tmp_
     keras = keras_backbone(**kwargs)
     path = weights_file(FAMILY, keras, layout)
     out = tmp_path / "backbone.safetensors"
-    config = conversion.convert(path, out)
+    config = keras_io.convert(path, out)
     assert config["family"] == FAMILY and config["alpha"] == alpha
     assert config["stackwise_filters"] == list(kwargs["stackwise_filters"])
     ours = tm.MobileNetV3Backbone(weights=out, **torch_kwargs(kwargs))
@@ -138,7 +138,7 @@ def test_the_legacy_h5_we_write_reads_back_and_keras_cv_loads_it(tmp_path):
     tm.save_checkpoint(ours, checkpoint)
     config = keras_io.safetensors_to_keras(checkpoint, back)
     # Our own reader: the same architecture inferred, the same tensors, bit for bit.
-    inferred = conversion.convert(back, tmp_path / "again.safetensors")
+    inferred = keras_io.convert(back, tmp_path / "again.safetensors")
     for key in ("family", "alpha", "stackwise_filters", "stackwise_se_ratio"):
         assert inferred[key] == config[key], key
     again = tm.MobileNetV3Backbone(weights=back, **torch_kwargs(kwargs))
@@ -171,7 +171,7 @@ def test_from_preset_folder(preset_folder):
 def test_converter_reads_a_preset_folder(preset_folder, tmp_path):
     keras, folder = preset_folder
     out = tmp_path / "preset.safetensors"
-    config = conversion.convert(folder, out)
+    config = keras_io.convert(folder, out)
     assert config["family"] == FAMILY and config["stackwise_filters"] == LARGE["stackwise_filters"]
     ours = tm.MobileNetV3Backbone(weights=out, **LARGE, include_rescaling=True)
     assert_backbone_parity(keras, ours, 64, 80, "converted preset folder")

@@ -2,7 +2,8 @@
 checks the script, not the speed; the speed is read from its real runs). Its two costly
 contenders, torch.compile with freezing (a compile takes tens of seconds) and Keras on its
 PyTorch backend (a process per family and batch), are left out of that run and checked on their
-own, cheaply."""
+own, cheaply. The run's records render its markdown through column specs (benchmarks/render.py),
+and the tables the docs quote are checked against the committed records."""
 
 import re
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import run
+from benchmarks import contenders, records, render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,6 +92,19 @@ def test_benchmark_script_writes_every_table(tmp_path):
     )
     text = out.read_text()
     assert "pinned to 1 cores, 1 threads" in text
+    # the records beside it: the header says how the run was made, and they render the markdown
+    results = records.Results.load(tmp_path / "results.json")
+    header = results.header
+    assert header["benchmark"] == "run" and header["date"] in text and header["command"] in text
+    assert header["command"].startswith("python benchmarks/run.py --threads 1 ")
+    assert (
+        header["settings"]["tuned_malloc"] and header["settings"]["malloc"] == records.TUNED_MALLOC
+    )
+    assert {"torch", "tensorflow", "keras", "onnxruntime", "openvino"} <= set(header["versions"])
+    assert header["load_average"]["after"] is not None and header["cpus"] >= 1
+    assert render.markdown(results) == text
+    inference = results.where("inference", family="mobilenet", batch=2, contender="ours optimized")
+    assert len(inference) == 1 and inference[0]["ms"] > 0 and inference[0]["error"] < 1e-4
     # --tuned-malloc restarts the script with glibc's settings in its environment
     assert "glibc malloc keeping freed memory (MALLOC_MMAP_MAX_=0" in text
 
@@ -151,7 +165,7 @@ def test_compiled_with_freezing_folds_the_weights_in():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Hardswish()).eval()
     x = torch.rand(1, 3, 16, 16)
-    compiled = run.compiled_with_freezing(model, x)
+    compiled = contenders.compiled_with_freezing(model, x)
     with torch.inference_mode():
         before = compiled(x)
         torch.testing.assert_close(before, model(x))
@@ -168,9 +182,131 @@ def test_keras_on_the_torch_backend_runs_the_same_model(tmp_path, weights_file):
     kr = helpers.keras_reference()
     model = kr.build_keras("mobilenet_v3_small", classifier_activation=None)
     x = np.random.default_rng(0).uniform(0, 255, (1, 224, 224, 3)).astype(np.float32)
-    ms, outputs = run.keras_torch_ms(
+    ms, outputs = contenders.keras_torch_ms(
         "mobilenet_v3_small", weights_file("mobilenet_v3_small", model), x, 1, 2, tmp_path
     )
     assert ms > 0
     expected = kr.keras_predict(model, x)
     assert np.abs(outputs - expected).max() / max(1.0, np.abs(expected).max()) < 1e-4
+
+
+def small_results():
+    """A run of one family at batches 1 and 8, V1 without torchvision (no such cells)."""
+    header = {
+        "benchmark": "run",
+        "date": "2026-12-07",
+        "machine": "a test machine",
+        "command": "python benchmarks/run.py --families mobilenet",
+        "versions": {"torch": "2.14.1"},
+        "settings": {"threads": 2, "tuned_malloc": False},
+        "load_average": None,
+        "note": None,
+    }
+    found = []
+    for batch, eager, optimized in ((1, 13.851, 8.8649), (8, 69.5, 53.794)):
+        key = {"table": "inference", "family": "mobilenet", "batch": batch}
+        found += [
+            {**key, "contender": records.EAGER, "ms": eager, "error": None},
+            {**key, "contender": records.OPTIMIZED, "ms": optimized, "error": 3.21e-05},
+        ]
+    key = {"table": "inference", "family": "mobilenet", "batch": 1}  # batch 8 has no Keras
+    found.append({**key, "ratio": "keras / optimized", "value": 1.6251, "how": "of medians"})
+    return records.Results(header, found)
+
+
+def test_a_table_is_its_column_spec_over_the_records():
+    results = small_results()
+    columns = [
+        render.key("family"),
+        render.key("batch"),
+        render.ms(records.OPTIMIZED, "optimized (ms)"),
+        render.ms(records.TORCHVISION),  # V1: no record, so no cell
+        render.ratio("keras / optimized"),
+        render.error(records.OPTIMIZED, "optimized error"),
+        render.error(records.EAGER, "eager error"),  # a record without the field
+    ]
+    lines = render.table(columns, render.rows(results, "inference", ["family", "batch"]))
+    assert lines == [
+        "",
+        "| family | batch | optimized (ms) | torchvision eager | keras / optimized "
+        "| optimized error | eager error |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| mobilenet | 1 | 8.86 | - | 1.63 | 3.2e-05 | - |",
+        "| mobilenet | 8 | 53.79 | - | - | 3.2e-05 | - |",
+        "",
+    ]
+    # the headers come from the spec, so a column moved is moved with its cells
+    swapped = render.table(columns[::-1], render.rows(results, "inference", ["family", "batch"]))
+    assert swapped[3] == "| - | 3.2e-05 | 1.63 | - | 8.86 | 1 | mobilenet |"
+
+
+def test_the_inference_table_renders_every_column_and_dashes_for_the_missing():
+    text = render.markdown(small_results())
+    assert text.startswith(
+        "Run of 2026-12-07 on a test machine: `python benchmarks/run.py --families mobilenet`."
+    )
+    rows = table(text, "onnxruntime")
+    assert [list(row) for row in rows] == [[c.header for c in render.INFERENCE]] * 2
+    assert rows[0]["ours eager"] == "13.85" and rows[0]["keras / optimized"] == "1.63"
+    assert rows[1]["keras / optimized"] == "-" and rows[1]["onnxruntime"] == "-"
+    # no training, limit, accelerator or conversion records: no such tables
+    assert "Training" not in text and "physical limit" not in text and "Converting" not in text
+
+
+def test_records_round_trip_through_json(tmp_path):
+    results = small_results()
+    path = results.save(tmp_path / "results.json")
+    again = records.Results.load(path)
+    assert again.header == results.header and again.records == results.records
+    assert render.markdown(again) == render.markdown(results)
+    # one record a line, so a rerun's diff reads cell by cell
+    lines = path.read_text().splitlines()
+    assert sum(line.strip().startswith('{"table": "inference"') for line in lines) == 5
+    with pytest.raises(ValueError, match="schema"):
+        records.Results.from_json('{"schema": 0, "header": {}, "records": []}')
+
+
+def test_the_docs_tables_are_views_of_the_committed_records():
+    """Every marked table in README.md and docs/*.md, and every benchmarks/*.md, is what its
+    committed records render: a hand edit, or records changed without `python -m
+    benchmarks.render`, fails here."""
+    assert render.refresh(write=False) == []
+    quoted = {
+        (found["name"], found["source"])
+        for page in render.PAGES
+        for found in render.BLOCK.finditer(page.read_text())
+    }
+    assert {
+        ("readme", "benchmarks/results.json"),
+        ("results", "benchmarks/results.json"),
+        ("inference", "benchmarks/results-tuned-malloc.json"),
+        ("deploy", "benchmarks/deploy-results.json"),
+    } <= quoted
+    for source in render.committed_records():
+        header = records.Results.load(source).header
+        assert header["date"] and header["machine"] and header["command"].startswith("python ")
+
+
+def test_a_stale_docs_table_is_found_and_rewritten(tmp_path, monkeypatch):
+    results = small_results()
+    results.save(tmp_path / "run.json")
+    page = tmp_path / "page.md"
+    begin = "<!-- BEGIN benchmark table readme from run.json -->"
+    end = "<!-- END benchmark table readme -->"
+    page.write_text(
+        f"Before.\n\n{begin}\n| a hand-made table |\n{end}\n\n```text\n{begin}\n{end}\n```\n"
+    )
+    monkeypatch.setattr(render, "ROOT", tmp_path)
+    assert render.refresh_page(page, write=False) == ["page.md: readme from run.json"]
+    assert render.refresh_page(page, write=True) == ["page.md: readme from run.json"]
+    assert render.refresh_page(page, write=False) == []
+    text = page.read_text()
+    assert "hand-made" not in text and "| mobilenet | 8 | 69.50 | 53.79 | - | - | - |" in text
+    assert text.endswith(f"```text\n{begin}\n{end}\n```\n")  # an example in a code block stays
+
+
+def test_nothing_in_benchmarks_imports_the_tests():
+    for source in (ROOT / "benchmarks").glob("*.py"):
+        text = source.read_text()
+        assert not re.search(r"^\s*(from|import)\s+(tests|helpers|conftest)\b", text, re.M), source
+        assert '"tests"' not in text and "'tests'" not in text, source

@@ -2,19 +2,17 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import keras_model, trained_like
+from helpers import keras_model, run_module, trained_like
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from torch_mobilenets import WeightsFileError, conversion, keras_io
+from torch_mobilenets import WeightsFileError, keras_io
 
 FAMILY = "mobilenet_v2"
 KWARGS = dict(input_shape=(96, 96, 3), alpha=0.35)
@@ -35,12 +33,9 @@ def legacy_file(keras_v2, weights_file, tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "convert", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """`python -m convert ARGS` from the checkout's root, whatever pytest's working directory
+    (the arguments are absolute paths)."""
+    return run_module("convert", *args, timeout=300)
 
 
 def layer_names(f):
@@ -72,11 +67,11 @@ def test_cli_converts_and_records_metadata(legacy_file, tmp_path):
 
 def test_conversion_is_deterministic_and_matches_loading_the_keras_file(legacy_file, tmp_path):
     first, second = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    conversion.convert(legacy_file, first)
-    conversion.convert(legacy_file, second)
+    keras_io.convert(legacy_file, first)
+    keras_io.convert(legacy_file, second)
     assert first.read_bytes() == second.read_bytes()
     direct = tm.MobileNetV2(weights=legacy_file, alpha=0.35, input_shape=(3, 96, 96))
-    state, _ = conversion.read_safetensors(first)
+    state, _ = keras_io.read_safetensors(first)
     for key, value in direct.state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=0, atol=0)
 
@@ -131,7 +126,7 @@ def test_hdf5_without_a_keras_layout(tmp_path):
     with h5py.File(path, "w") as f:
         f["data"] = np.zeros(3)
     with pytest.raises(WeightsFileError, match="not in any Keras layout"):
-        conversion.convert(path, tmp_path / "out.safetensors")
+        keras_io.convert(path, tmp_path / "out.safetensors")
 
 
 def test_a_missing_layer_is_named(legacy_file):
@@ -139,7 +134,7 @@ def test_a_missing_layer_is_named(legacy_file):
     model = tm.MobileNetV2(weights=None, alpha=0.35, input_shape=(3, 96, 96))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(WeightsFileError) as error:
-        conversion.load_weights(model, legacy_file)
+        keras_io.load_weights(model, legacy_file)
     message = str(error.value)
     assert message.startswith(
         f"{legacy_file}: the file has no weights for layer "
@@ -153,7 +148,7 @@ def test_a_missing_layer_is_named(legacy_file):
 def test_an_extra_layer_is_named(legacy_file):
     model = tm.MobileNetV2(weights=None, alpha=0.35, input_shape=(3, 96, 96), include_top=False)
     with pytest.raises(WeightsFileError, match=r"layer 'Logits' \(Dense.*no counterpart"):
-        conversion.load_weights(model, legacy_file)
+        keras_io.load_weights(model, legacy_file)
 
 
 def test_a_wrong_shape_names_the_layer_and_both_shapes(legacy_file):
@@ -166,18 +161,18 @@ def test_a_wrong_shape_names_the_layer_and_both_shapes(legacy_file):
         match=r"'block_3_depthwise'.*expected shapes "
         r"\[\(3, 3, 48, 1\)\], the file has \[\(3, 3, 48, 2\)\]",
     ):
-        conversion.load_weights(model, legacy_file)
+        keras_io.load_weights(model, legacy_file)
 
 
 def test_the_wrong_family_says_what_the_file_holds(legacy_file):
     model = tm.MobileNet(weights=None, alpha=0.25, input_shape=(3, 96, 96))
     with pytest.raises(WeightsFileError, match=r"The file holds mobilenet_v2 \(alpha=0.35"):
-        conversion.load_weights(model, legacy_file)
+        keras_io.load_weights(model, legacy_file)
 
 
 def test_safetensors_checks_family_and_shapes(legacy_file, tmp_path):
     out = tmp_path / "v2.safetensors"
-    conversion.convert(legacy_file, out)
+    keras_io.convert(legacy_file, out)
     with pytest.raises(WeightsFileError, match="holds weights for mobilenet_v2.*not for model"):
         tm.MobileNet(weights=out)
     with pytest.raises(
@@ -185,7 +180,7 @@ def test_safetensors_checks_family_and_shapes(legacy_file, tmp_path):
     ):
         tm.MobileNetV2(weights=out, alpha=1.0)
     with pytest.raises(WeightsFileError, match=r"missing \['Conv1.weight'"):
-        state, _ = conversion.read_safetensors(out)
+        state, _ = keras_io.read_safetensors(out)
         del state["Conv1.weight"]
         save_file(state, tmp_path / "partial.safetensors")
         tm.MobileNetV2(weights=tmp_path / "partial.safetensors", alpha=0.35)
@@ -196,10 +191,35 @@ def test_safetensors_checks_family_and_shapes(legacy_file, tmp_path):
 
 
 def test_weights_load_into_any_input_construction(legacy_file):
-    """Weights do not depend on the input size: a file loads into a dynamic no-top model with
-    other pooling once the top is dropped, and into a static model of another size."""
-    tm.MobileNetV2(weights=legacy_file, alpha=0.35, input_shape=(3, 131, 97))
-    tm.MobileNetV2(weights=legacy_file, alpha=0.35, classifier_activation=None)
+    """Weights do not depend on the input size: a file of a 96x96 model loads into a static
+    model of another size and into one at the default 224x224 with a linear top, every weight
+    the file's (as a model built at the file's own size holds them), and each computes."""
+    reference = tm.MobileNetV2(weights=legacy_file, alpha=0.35, input_shape=(3, 96, 96))
+    other_size = tm.MobileNetV2(weights=legacy_file, alpha=0.35, input_shape=(3, 131, 97))
+    linear = tm.MobileNetV2(weights=legacy_file, alpha=0.35, classifier_activation=None)
+    assert other_size.input_shape == (3, 131, 97) and linear.input_shape == (3, 224, 224)
+    expected = reference.state_dict()
+    for model in (other_size, linear):
+        state = model.state_dict()
+        assert state.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.equal(state[key], value), key
+    # the file's weights, not the builder's initial ones
+    fresh = tm.MobileNetV2(weights=None, alpha=0.35).state_dict()
+    assert not torch.equal(fresh["Conv1.weight"], expected["Conv1.weight"])
+    generator = torch.Generator().manual_seed(0)
+    x, x224 = (
+        torch.rand(2, 3, h, w, generator=generator) * 2 - 1 for h, w in [(131, 97), (224, 224)]
+    )
+    softmax = tm.MobileNetV2(weights=legacy_file, alpha=0.35)
+    with torch.no_grad():
+        probabilities = other_size.eval()(x)
+        logits = linear.eval()(x224)
+        expected_probabilities = softmax.eval()(x224)
+    assert probabilities.shape == logits.shape == (2, 1000)
+    torch.testing.assert_close(probabilities.sum(1), torch.ones(2))
+    torch.testing.assert_close(logits.softmax(1), expected_probabilities, rtol=1e-5, atol=1e-6)
+    assert (logits.max(1).values > 1).all()  # logits: the top is linear
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -230,4 +250,4 @@ def test_half_precision_models_save_as_float32_and_load_back_exactly(dtype, tmp_
     # The way back to Keras writes float32 too.
     back = tmp_path / "half.h5"
     keras_io.safetensors_to_keras(path, back)
-    assert conversion.file_config(conversion.read(back))["alpha"] == 0.75
+    assert keras_io.file_config(keras_io.read(back))["alpha"] == 0.75

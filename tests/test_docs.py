@@ -363,8 +363,9 @@ def test_page_examples_run(page, files, mirror, tmp_path, monkeypatch):
     code = "".join(block.code for block in todo)
     needed = {name for name in FILES if name in code}
     if any(FILES[name][1] for name in needed) and not helpers.HAVE_KERAS:
-        pytest.skip(
-            f"{page.relative_to(ROOT)}: its files are written by Keras; {helpers.KERAS_REASON}"
+        helpers.missing(  # a failure, or a skip where the `keras` extra is left out on purpose
+            "keras",
+            f"{page.relative_to(ROOT)}: its files are written by Keras; {helpers.KERAS_REASON}",
         )
     workdir = tmp_path / "work"
     workdir.mkdir()
@@ -421,7 +422,7 @@ def test_marked_example_is_listed(block):
         return  # run by test_page_examples_run
     why = f"{block.where}: marked `{block.marker}`" + (f" ({block.reason})" if block.reason else "")
     if block.marker == "keras":
-        pytest.skip(f"{why}: {helpers.KERAS_REASON}")
+        helpers.missing("keras", f"{why}: {helpers.KERAS_REASON}")  # fails, or skips as asked
     if block.marker == "skip-reason":
         pytest.skip(f"{why}: never run by this test")
     pytest.skip(f"{why}: not run; {RUN_ENV}={block.marker} runs it")

@@ -15,6 +15,7 @@ import time
 import urllib.parse
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -214,13 +215,19 @@ def test_hostile_or_broken_servers_fail_fast_and_keep_nothing(
 
 
 def test_size_limit_follows_the_parameters():
+    # The documented rule (docs/bad-input.md), worked by hand from Keras' published parameter
+    # counts: 1.5 x (4 bytes a parameter + 2 MiB), never over 64 MiB.
     small = registry.find_checkpoint("mobilenet", 0.25, 128, include_top=False)
     large = registry.find_checkpoint("mobilenet_v2", 1.4, 224, include_top=True)
-    for checkpoint in (small, large):
-        expected = 4 * checkpoint.parameters + registry.HDF5_OVERHEAD_BYTES
-        assert checkpoint.expected_bytes == expected
-        assert download.size_limit(checkpoint) == int(1.5 * expected)
-    assert max(download.size_limit(c) for c in registry.list_weights()) < 64 << 20
+    assert (small.parameters, large.parameters) == (218_544, 6_156_712)
+    # 1.5 x (874_176 + 2_097_152) and 1.5 x (24_626_848 + 2_097_152)
+    assert (small.expected_bytes, large.expected_bytes) == (2_971_328, 26_724_000)
+    assert (download.size_limit(small), download.size_limit(large)) == (4_456_992, 40_086_000)
+    # the largest official file (V2 1.4 with its top) has the largest limit, under the cap
+    assert max(download.size_limit(c) for c in registry.list_weights()) == 40_086_000
+    # a checkpoint of 20 million parameters would get 1.5 x 82 MB: the 64 MiB cap instead
+    huge = SimpleNamespace(expected_bytes=4 * 20_000_000 + 2_097_152)
+    assert download.size_limit(huge) == 67_108_864
     # Real official files whose sizes are known (two from the checksum notes, the others as
     # Keras' download progress printed them) fit their limits.
     known = {
@@ -249,7 +256,7 @@ def test_files_as_keras_writes_them_fit_the_size_limit(tmp_path, name):
     kwargs = {k: v for k, v in checkpoint.builder_kwargs().items() if k != "input_shape"}
     if checkpoint.family in ("mobilenet", "mobilenet_v2"):
         kwargs["input_shape"] = (checkpoint.rows, checkpoint.rows, 3)
-    model = kr.FAMILIES[checkpoint.family](weights=None, **kwargs)
+    model = kr.keras_builder(checkpoint.family)(weights=None, **kwargs)
     path = tmp_path / checkpoint.file_name
     kr.write_keras2_h5(model, path, checkpoint.family)
     size = path.stat().st_size

@@ -4,9 +4,9 @@ model, at 224x224 static, at an odd static size and at the dynamic default, agai
 then torch.compile, channels-last, and half precision on CUDA.
 
 The whole matrix takes about an hour on two cores (`make test-export`); the default suite runs a
-slice of it: every ONNX path and TorchScript for MobileNetV3Large at 224x224, AOTInductor and
-ExecuTorch for MobileNetV3Small at 224x224, and the TorchScript-based ONNX exporter
-into both runtimes for every model at the dynamic default."""
+slice of it: every path at every size class (224x224, 225x225, dynamic) for MobileNetV3Small,
+the dynamo ONNX exporter into both runtimes for MobileNetV3Large at 224x224, and the
+TorchScript-based ONNX exporter into both runtimes for every model at the dynamic default."""
 
 import re
 import subprocess
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_sensitive, model_images, trained_like
+from helpers import assert_sensitive, model_images, require, trained_like
 
 import torch_mobilenets as tm
 from benchmarks import deploy
@@ -30,20 +30,31 @@ CHECKED_SIZES = {
     ODD: [(1, 225, 225)],
     DYNAMIC: [(1, 224, 224), (2, 225, 225), (3, 161, 225)],
 }
-# The default suite's slice: every ONNX path and TorchScript for the model whose ONNX export
-# ONNX Runtime once refused; for every model the exporter that could not size a grown kernel;
-# and the two compilers (a minute or more each on two cores) once, on the smallest model.
+# The default suite's slice: every path at every size class on the cheapest model; the ONNX
+# exporters for the model whose ONNX export ONNX Runtime once refused; and for every model the
+# exporter that could not size a grown kernel, at the dynamic default.
+CHEAPEST = "mobilenet_v3_small"
 CHEAP_PATHS = {"onnx-torchscript-onnxruntime", "onnx-torchscript-openvino"}
-COMPILERS = {"aot-inductor", "executorch-xnnpack"}
+DYNAMO_PATHS = {"onnx-dynamo-onnxruntime", "onnx-dynamo-openvino"}
 
 
 def in_default_suite(model, size, path):
-    if path in COMPILERS:
-        return model == "mobilenet_v3_small" and size == STATIC
-    return (model == "mobilenet_v3_large" and size == STATIC) or (
-        path in CHEAP_PATHS and size is DYNAMIC
-    )
+    if model == CHEAPEST:
+        return True
+    if model == "mobilenet_v3_large" and size == STATIC:
+        return path in DYNAMO_PATHS
+    return path in CHEAP_PATHS and size is DYNAMIC
 
+
+# Measured wrong, reported as an expected failure with its errors each run (and a pass once
+# the runtime computes them right); the other sizes of the case are still held to TOLERANCE.
+KNOWN_WRONG = {
+    ("executorch-xnnpack", DYNAMIC): (
+        "ExecuTorch with XNNPACK, exported with free sizes, is wrong at odd sizes (TF 'same' "
+        "stride-2 padding depends on the size's parity; even sizes agree): export it static "
+        "for an odd size (docs/deploying.md)"
+    ),
+}
 
 MATRIX = [
     pytest.param(
@@ -79,13 +90,13 @@ def test_deployment_path_computes_what_eager_computes(
 ):
     path = deploy.PATHS[path_name]
     for module in path.requires:
-        pytest.importorskip(module)
+        require(module)  # the test extra installs every runtime: a failure if missing
     model = deploy.build(model_name, size)
     example = deploy.images(model, 1 if size else 2, size or 224, size or 224)
     onnx = path_name.startswith("onnx")
     folder = workdir(model_name, size) if onnx else workdir(model_name, size, path_name)
     runner = path.build(model, example, size is None, folder, 2)
-    outputs = []
+    outputs, wrong = [], []
     for n, height, width in CHECKED_SIZES[size]:
         x = model_images(model, n, height, width, seed=1)  # photo-like, as trained_like's
         with torch.no_grad():
@@ -96,6 +107,10 @@ def test_deployment_path_computes_what_eager_computes(
         error = deploy.relative_error(got, expected)
         record_property(f"relative error at {n}x{height}x{width}", f"{error:.2g}")  # --junitxml
         print(f"{model_name} {size} {path_name} {(n, height, width)}: relative error {error:.2g}")
+        if (path_name, size) in KNOWN_WRONG and (height % 2 or width % 2):
+            if error > TOLERANCE:
+                wrong.append(f"{(n, height, width)}: relative error {error:.2g}")
+            continue
         assert error <= TOLERANCE, (
             f"{path_name} at {(n, height, width)}: relative error {error:.2g}"
         )
@@ -108,6 +123,8 @@ def test_deployment_path_computes_what_eager_computes(
         assert_sensitive(outputs[0], other, case=path_name)
     else:
         assert_sensitive(batch, case=path_name)
+    if wrong:
+        pytest.xfail(f"{KNOWN_WRONG[path_name, size]}: {'; '.join(wrong)}")
 
 
 PAD_OPS = (torch.ops.aten.pad.default, torch.ops.aten.constant_pad_nd.default)
@@ -185,12 +202,15 @@ def close(got, expected):
 
 @pytest.mark.parametrize(
     "family,kwargs",
-    [pytest.param(*case, marks=pytest.mark.full) for case in FAMILIES],
+    [
+        pytest.param(*case, marks=() if case[0] == CHEAPEST else pytest.mark.full)
+        for case in FAMILIES
+    ],
     ids=[f for f, _ in FAMILIES],
 )
 def test_torch_compile_dynamic_and_channels_last(family, kwargs):
-    """Compilation takes a minute or more per family on two cores: in `make test-full` (layouts
-    alone are checked by test_execution, compiled free sizes by `make test-export`)."""
+    """Compilation takes a minute or more per family on two cores: the cheapest in `make test`,
+    the others in `make test-full` (layouts alone are checked by test_execution)."""
     model, images = model_and_input(family, kwargs)
     compiled = torch.compile(model, dynamic=True)
     with torch.no_grad():
@@ -207,6 +227,7 @@ def test_torch_compile_dynamic_and_channels_last(family, kwargs):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("family,kwargs", FAMILIES, ids=[f for f, _ in FAMILIES])
 def test_half_precision_on_cuda(family, kwargs, dtype):
+    torch.manual_seed(0)  # the builder's initial weights, which trained_like keeps
     model, images = model_and_input(family, kwargs)
     x = images(97, 130)
     with torch.no_grad():
@@ -214,5 +235,31 @@ def test_half_precision_on_cuda(family, kwargs, dtype):
         assert_sensitive(expected, case=family)
         fast = model.cuda().to(dtype=dtype, memory_format=torch.channels_last)
         got = fast(x.cuda().to(dtype=dtype, memory_format=torch.channels_last)).float().cpu()
-    relative = (got - expected).abs().max() / expected.abs().max()
-    assert relative < (2e-2 if dtype is torch.bfloat16 else 5e-3)
+    relative = ((got - expected).abs().max() / expected.abs().max()).item()
+    tolerance = HALF_TOLERANCE[dtype][family]
+    assert torch.isfinite(got).all() and relative < tolerance, f"relative error {relative:.3g}"
+
+
+# max |half - float32| / max |float32| allowed on CUDA: twice the worst of two CPU runs of these
+# very models and inputs in float16 and bfloat16 (eager, channels-last; 2026-12-07, the CUDA
+# test's old 5e-3 and 2e-2 predate the input-sensitive weights of trained_like, and no GPU was
+# at hand to measure): float16 V1 0.052-0.060, V2 0.11-0.13, V3 Small 0.0057-0.0082, V3 Large
+# 0.021-0.032; bfloat16 V1 0.32-0.37, V2 0.64-0.68, V3 Small 0.056-0.070, V3 Large 0.13-0.16.
+# bfloat16 rounds every layer's output to 8 significant bits: on V1 and V2 (a feature map, for V2)
+# its bound is as wide as the outputs' spread between images, so there it checks only that the
+# model runs and stays finite; test_inference.py checks bfloat16 against float32 on the CPU, on
+# V3, where the bound is a sixth of that spread.
+HALF_TOLERANCE = {
+    torch.float16: {
+        "mobilenet": 0.12,
+        "mobilenet_v2": 0.27,
+        "mobilenet_v3_small": 0.02,
+        "mobilenet_v3_large": 0.065,
+    },
+    torch.bfloat16: {
+        "mobilenet": 0.75,
+        "mobilenet_v2": 1.4,
+        "mobilenet_v3_small": 0.14,
+        "mobilenet_v3_large": 0.32,
+    },
+}

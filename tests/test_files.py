@@ -10,7 +10,7 @@ import pytest
 from helpers import assert_parity, keras_model, keras_reference, torch_kwargs
 
 import torch_mobilenets as tm
-from torch_mobilenets import conversion
+from torch_mobilenets import keras_io
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
 
@@ -50,7 +50,7 @@ def convert_and_check(family, kwargs, path, tmp_path, size):
     """Convert with no hints; the inferred architecture, both ways of loading, and parity."""
     keras = keras_model(family, **kwargs)
     out = tmp_path / "converted.safetensors"
-    config = conversion.convert(path, out)
+    config = keras_io.convert(path, out)
     # Saved models also record the builder arguments their weights cannot show.
     options = ("input_shape", "classifier_activation", "pooling", "include_preprocessing")
     architecture = {k: v for k, v in config.items() if k not in options}
@@ -150,7 +150,7 @@ def test_official_checkpoint_configuration(family, alpha, rows, minimalistic, to
     keras = kr.build_keras(family, seed=1, **kwargs)
     path = kr.write_keras_file(keras, tmp_path, "keras2_h5", family=family)
     out = tmp_path / "converted.safetensors"
-    config = conversion.convert(path, out)
+    config = keras_io.convert(path, out)
     kwargs.pop("classifier_activation")
     assert config == expected_config(family, kwargs)
     ours = tm.FAMILIES[family](weights=out, classifier_activation=None, **torch_kwargs(kwargs))

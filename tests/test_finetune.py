@@ -31,7 +31,7 @@ def keras_float64(family, float32_model, kwargs):
     keras.config.set_floatx("float64")  # the Input layer's dtype
     keras.config.set_dtype_policy("float64")  # the layers'
     try:
-        model = kr.FAMILIES[family](weights=None, **kwargs)
+        model = kr.keras_builder(family)(weights=None, **kwargs)
     finally:
         keras.config.set_floatx("float32")
         keras.config.set_dtype_policy("float32")

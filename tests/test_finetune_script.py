@@ -1,6 +1,7 @@
 """examples/finetune.py on one process and under torchrun with two (DDP on gloo)."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,14 @@ def test_single_process(tmp_path):
     assert_trained_checkpoints(tmp_path)
 
 
+def free_port() -> int:
+    """A TCP port free now on 127.0.0.1 (the OS picks it on bind to port 0), for the rendezvous:
+    a fixed port fails when another run, or anything else, holds it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_processes_with_torchrun(tmp_path):
     result = run(
         [
@@ -75,7 +84,7 @@ def test_two_processes_with_torchrun(tmp_path):
             "--nproc_per_node",
             "2",
             "--master_port",
-            "29531",
+            str(free_port()),
             "examples/finetune.py",
         ],
         tmp_path,

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import torch_mobilenets as tm
-from torch_mobilenets import WeightsFileError, conversion
+from torch_mobilenets import WeightsFileError, keras_io
 from torch_mobilenets.cli import convert as convert_command
 from torch_mobilenets.cli import main as cli_main
 from torch_mobilenets.keras_io import atomic, checkpoints, reader
@@ -322,7 +322,7 @@ def test_bad_input_is_one_line_exit_3_and_no_output(
     assert list(out_dir.iterdir()) == []  # no output, no temporary file
     # The library raises the very message, and leaves a model it fails to load untouched.
     with pytest.raises(WeightsFileError) as error:
-        conversion.convert(src, dst, **known)
+        keras_io.convert(src, dst, **known)
     assert stderr == f"torch-mobilenets convert: error: {error.value}\n"
     if known.get("family") == "mobilenet":  # the file fits the V2 model: try the model asked for
         model = tm.MobileNet(weights=None, alpha=0.25, input_shape=(3, 96, 96))
@@ -330,7 +330,7 @@ def test_bad_input_is_one_line_exit_3_and_no_output(
         model = fresh_model()
     before = snapshot(model)
     with pytest.raises(WeightsFileError):
-        conversion.load_weights(model, src)
+        keras_io.load_weights(model, src)
     assert_untouched(model, before)
 
 
@@ -348,16 +348,16 @@ def test_nonfinite_weights_convert_only_when_allowed(copy_of, out_dir, capsys):
     dst = out_dir / "out.safetensors"
     code, stdout, stderr = run_main(capsys, src, dst, "--allow-nonfinite")
     assert code == 0, stderr
-    state, _ = conversion.read_safetensors(dst, allow_nonfinite=True)
+    state, _ = keras_io.read_safetensors(dst, allow_nonfinite=True)
     assert torch.isnan(state["bn_Conv1.weight"]).sum() == 1
     with pytest.raises(WeightsFileError, match=r"bn_Conv1.weight holds 1 NaN"):
-        conversion.read_safetensors(dst)
+        keras_io.read_safetensors(dst)
     model = fresh_model()
     before = snapshot(model)
     with pytest.raises(WeightsFileError, match="allow_nonfinite"):
-        conversion.load_weights(model, dst)
+        keras_io.load_weights(model, dst)
     assert_untouched(model, before)
-    conversion.load_weights(model, src, allow_nonfinite=True)
+    keras_io.load_weights(model, src, allow_nonfinite=True)
     assert torch.isnan(model.state_dict()["bn_Conv1.weight"]).sum() == 1
     with pytest.raises(WeightsFileError, match="NaN"):  # the builders stay strict
         tm.MobileNetV2(weights=src, **MODEL_ARGS)
@@ -368,8 +368,8 @@ def test_big_endian_float32_is_float32(copy_of, out_dir):
     with h5py.File(src, "r") as f:
         expected = f[KERNEL][()]
     replace_dataset(src, KERNEL, lambda g, n: g.create_dataset(n, data=expected.astype(">f4")))
-    conversion.convert(src, out_dir / "out.safetensors")
-    state, _ = conversion.read_safetensors(out_dir / "out.safetensors")
+    keras_io.convert(src, out_dir / "out.safetensors")
+    state, _ = keras_io.read_safetensors(out_dir / "out.safetensors")
     np.testing.assert_array_equal(state["Conv1.weight"].permute(2, 3, 1, 0).numpy(), expected)
 
 
@@ -415,7 +415,7 @@ def test_missing_output_directory_is_found_before_reading(copy_of, tmp_path, cap
     assert code == 3 and stderr.count("\n") == 1
     assert f"the output directory {dst.parent} does not exist" in stderr
     with pytest.raises(WeightsFileError, match="does not exist"):
-        conversion.convert(copy_of(), dst)
+        keras_io.convert(copy_of(), dst)
 
 
 def test_write_failures_and_bugs_are_one_line_too(copy_of, out_dir, capsys, monkeypatch):
@@ -509,7 +509,7 @@ def test_sigint_mid_conversion_leaves_no_file(copy_of, out_dir):
 # ------------------------------------------------------------------------------ .safetensors
 def _converted(copy_of, out_dir):
     path = out_dir / "good.safetensors"
-    conversion.convert(copy_of(), path)
+    keras_io.convert(copy_of(), path)
     return path
 
 
@@ -538,7 +538,7 @@ def test_broken_safetensors(case, copy_of, out_dir):
     model = fresh_model()
     before = snapshot(model)
     with pytest.raises(WeightsFileError, match=f"^{path}: not a readable safetensors file"):
-        conversion.load_weights(model, path)
+        keras_io.load_weights(model, path)
     assert_untouched(model, before)
 
 
@@ -587,7 +587,7 @@ def _retyped(state, dtype):
 )
 def test_mismatched_safetensors(change, message, copy_of, out_dir):
     good = _converted(copy_of, out_dir)
-    state, _ = conversion.read_safetensors(good)
+    state, _ = keras_io.read_safetensors(good)
     with safe_open(good, "pt") as f:
         metadata = f.metadata()
     state, metadata = change(state, metadata)
@@ -596,7 +596,7 @@ def test_mismatched_safetensors(change, message, copy_of, out_dir):
     model = fresh_model()
     before = snapshot(model)
     with pytest.raises(WeightsFileError, match=message) as error:
-        conversion.load_weights(model, path)
+        keras_io.load_weights(model, path)
     assert str(error.value).startswith(f"{path}: ")
     assert_untouched(model, before)
 
@@ -607,20 +607,20 @@ def test_a_tensor_over_the_limit_is_refused_before_it_is_read(copy_of, monkeypat
     monkeypatch.setattr(reader, "MAX_TENSOR_BYTES", 1000)
     monkeypatch.setattr(h5py.Dataset, "read_direct", lambda *a, **k: pytest.fail("read"))
     with pytest.raises(WeightsFileError, match=r"'Conv1/kernel:0'.*over the limit of 1000 bytes"):
-        conversion.read(src)
+        keras_io.read(src)
 
 
 def test_a_file_over_the_limit_is_refused(copy_of, monkeypatch):
     monkeypatch.setattr(reader, "MAX_FILE_BYTES", 1 << 20)
     for layout in ("keras2_h5", "keras_zip"):
         with pytest.raises(WeightsFileError, match="bytes, over the limit of 1048576"):
-            conversion.read(copy_of(layout))
+            keras_io.read(copy_of(layout))
 
 
 def test_too_many_layer_names(copy_of, monkeypatch):
     monkeypatch.setattr(reader, "MAX_LAYERS", 50)
     with pytest.raises(WeightsFileError, match="'layer_names' of '/' lists 15[0-9] names, over"):
-        conversion.read(copy_of())
+        keras_io.read(copy_of())
 
 
 def test_chunks_over_the_limit(copy_of):
@@ -633,7 +633,7 @@ def test_chunks_over_the_limit(copy_of):
         ),
     )
     with pytest.raises(WeightsFileError, match=r"chunks \(134217728,\)\), over the limit"):
-        conversion.read(src)
+        keras_io.read(src)
 
 
 def test_a_hard_link_loop_in_a_keras3_file(copy_of):
@@ -641,7 +641,7 @@ def test_a_hard_link_loop_in_a_keras3_file(copy_of):
     with h5py.File(src, "r+") as f:
         f["layers/conv2d/loop"] = f["layers/conv2d"]
     with pytest.raises(WeightsFileError, match="'conv2d': layers nested more than 8 deep"):
-        conversion.read(src)
+        keras_io.read(src)
 
 
 def _zip_with(path, entries, compression=zipfile.ZIP_STORED):
@@ -660,7 +660,7 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
     assert path.stat().st_size < 1 << 20
     monkeypatch.setattr(reader, "MAX_FILE_BYTES", 32 << 20)
     with pytest.raises(WeightsFileError, match="unpacks to 67108864 bytes, over the limit"):
-        conversion.read(path)
+        keras_io.read(path)
     # The same bomb with its sizes forged small: never more than the limit is unpacked.
     data = bytearray(path.read_bytes())
     for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
@@ -668,12 +668,12 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
         data[at + offset : at + offset + 4] = struct.pack("<I", 1000)
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsFileError, match="unreadable or damaged file"):
-        conversion.read(path)
+        keras_io.read(path)
     monkeypatch.undo()
 
     _zip_with(path, {"config.json": config, "model.weights.h5": weights}, zipfile.ZIP_BZIP2)
     with pytest.raises(WeightsFileError, match="compression method 12; only stored and deflated"):
-        conversion.read(path)
+        keras_io.read(path)
     _zip_with(path, {"config.json": config, "model.weights.h5": weights})
     data = bytearray(path.read_bytes())  # mark every entry encrypted
     for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
@@ -683,7 +683,7 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
             start = at + 4
     path.write_bytes(bytes(data))
     with pytest.raises(WeightsFileError, match="'model.weights.h5' in the archive is encrypted"):
-        conversion.read(path)
+        keras_io.read(path)
     for entries, message in [
         ({"config.json": config}, "without 'model.weights.h5'"),
         ({"model.weights.h5": b"not HDF5"}, "model.weights.h5 inside is not HDF5"),
@@ -692,7 +692,7 @@ def test_zip_bombs_and_odd_entries(copy_of, tmp_path, monkeypatch):
     ]:
         _zip_with(path, entries)
         with pytest.raises(WeightsFileError, match=message):
-            conversion.read(path)
+            keras_io.read(path)
 
 
 def _rezip(path, edit_config):
@@ -709,12 +709,12 @@ def test_the_saved_input_shape_is_checked(copy_of, out_dir):
     # The model is built from its config: a config that is not one is refused, naming the layer.
     _rezip(src, lambda spec: spec.update(batch_shape=[None, "96", True, 3]))
     with pytest.raises(WeightsFileError, match=r"layer 'input_layer.*input size '96'"):
-        conversion.convert(src, out_dir / "a.safetensors")
+        keras_io.convert(src, out_dir / "a.safetensors")
     _rezip(src, lambda spec: spec.update(batch_shape=[None, 2, 2, 3]))
     with pytest.raises(
         WeightsFileError, match=r"layer 'block_1_depthwise' \(DepthwiseConv2D\): .*too small"
     ):
-        conversion.convert(src, out_dir / "b.safetensors")
+        keras_io.convert(src, out_dir / "b.safetensors")
     assert not list(out_dir.iterdir())
 
 
@@ -725,14 +725,14 @@ def test_a_preset_names_only_files_inside_it(copy_of, tmp_path):
     for weights in ("../in/" + outside.name, str(outside), "..", 7):
         (folder / "config.json").write_text(json.dumps({"weights": weights}))
         with pytest.raises(WeightsFileError, match="only a file inside the preset folder"):
-            conversion.read(folder)
+            keras_io.read(folder)
     (folder / "config.json").write_text("[]")
     with pytest.raises(WeightsFileError, match="not a JSON object"):
-        conversion.read(folder)
+        keras_io.read(folder)
     (folder / "inner").mkdir()  # a folder in a folder (or a link back to it): not followed
     (folder / "config.json").write_text(json.dumps({"weights": "inner"}))
     with pytest.raises(WeightsFileError, match="inner: not a regular file"):
-        conversion.read(folder)
+        keras_io.read(folder)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFOs")
@@ -740,7 +740,7 @@ def test_special_files_are_not_read(tmp_path):
     fifo = tmp_path / "weights.h5"
     os.mkfifo(fifo)  # reading it would block for ever
     with pytest.raises(WeightsFileError, match="not a regular file"):
-        conversion.read(fifo)
+        keras_io.read(fifo)
 
 
 def test_nothing_is_unpickled(copy_of, out_dir, monkeypatch):
@@ -754,8 +754,8 @@ def test_nothing_is_unpickled(copy_of, out_dir, monkeypatch):
         monkeypatch.setattr(pickle, "Unpickler", refuse)
         monkeypatch.setattr(np, "load", refuse)
         monkeypatch.setattr(torch, "load", refuse)
-        conversion.convert(src, out_dir / f"{layout}.safetensors")
-        conversion.load_weights(fresh_model(), out_dir / f"{layout}.safetensors")
+        keras_io.convert(src, out_dir / f"{layout}.safetensors")
+        keras_io.load_weights(fresh_model(), out_dir / f"{layout}.safetensors")
         monkeypatch.undo()
 
 
@@ -771,5 +771,5 @@ def test_reader_errors_of_any_kind_become_weights_file_errors(copy_of):
         match=f"^{src}: unreadable or damaged file "
         r"\(RuntimeError: .*signature",
     ) as error:
-        conversion.read(src)
+        keras_io.read(src)
     assert isinstance(error.value.__cause__, RuntimeError)  # kept for --debug

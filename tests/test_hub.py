@@ -144,3 +144,12 @@ def test_imagenet_through_the_hub_with_progress_switch(hub_home, monkeypatch, we
         assert f'Downloading: "{entry.url}"' in capsys.readouterr().err
         assert server.requests[f"/{entry.subdir}/{entry.file_name}"] == 2
     assert model.input_shape == (3, 160, 160)
+    # The weights are the served file's: every value as loading that file directly gives, and
+    # not the builder's initial ones.
+    direct = tm.MobileNetV2(weights=path, alpha=0.35, input_shape=(3, 160, 160))
+    state = model.state_dict()
+    assert state.keys() == direct.state_dict().keys()
+    for key, value in direct.state_dict().items():
+        assert torch.equal(state[key], value), key
+    fresh = tm.MobileNetV2(weights=None, alpha=0.35, input_shape=(3, 160, 160)).state_dict()
+    assert not torch.equal(state["Conv1.weight"], fresh["Conv1.weight"])

@@ -173,7 +173,6 @@ _KERAS_SIDE = textwrap.dedent(
 
 @pytest.mark.keras
 def test_decode_predictions_matches_keras(tmp_path):
-    pytest.importorskip("keras")
     keras_home = tmp_path / "keras_home"
     (keras_home / "models").mkdir(parents=True)
     # Keras only uses a cached copy whose md5 matches, otherwise it would try

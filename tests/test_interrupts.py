@@ -20,7 +20,7 @@ import pytest
 from helpers import keras_model
 from weights_server import WeightsServer
 
-from torch_mobilenets import conversion
+from torch_mobilenets import keras_io
 from torch_mobilenets.cli import main
 from torch_mobilenets.pretrained import download, registry
 
@@ -58,7 +58,7 @@ def keras_file(weights_file):
 @pytest.fixture(scope="module")
 def checkpoint(keras_file, tmp_path_factory):
     path = tmp_path_factory.mktemp("checkpoint") / "model.safetensors"
-    conversion.convert(keras_file, path)
+    keras_io.convert(keras_file, path)
     return path
 
 

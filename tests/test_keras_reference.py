@@ -58,7 +58,7 @@ def built():
             family, kwargs = CONFIGS[key]
             cache[key] = (
                 kr.build_keras(family, seed=0, **kwargs),
-                kr.FAMILIES[family](weights=None, **kwargs),
+                kr.keras_builder(family)(weights=None, **kwargs),
             )
         return cache[key]
 

@@ -20,7 +20,14 @@ import copy
 
 import pytest
 import torch
-from helpers import PARITY_TOLERANCE, assert_sensitive, model_images, relative_error, trained_like
+from helpers import (
+    PARITY_TOLERANCE,
+    assert_sensitive,
+    model_images,
+    relative_error,
+    require,
+    trained_like,
+)
 
 import torch_mobilenets as tm
 from benchmarks import deploy
@@ -110,7 +117,7 @@ def test_a_wrong_model_fails_every_check(
 ):
     model, x, expected = reference
     if check == "onnx-torchscript-onnxruntime":
-        pytest.importorskip("onnxruntime")
+        require("onnxruntime")  # of the test extra: a failure if missing
     with mutated(model, mutation, monkeypatch) as mutant, torch.no_grad():
         got = CHECKS[check](mutant, x, tmp_path)
     assert got.shape == expected.shape

@@ -18,7 +18,7 @@ from helpers import assert_parity, keras_model, keras_reference, run_module
 from safetensors import safe_open
 
 import torch_mobilenets as tm
-from torch_mobilenets import WeightsFileError, conversion
+from torch_mobilenets import WeightsFileError, keras_io
 from torch_mobilenets.pretrained import registry
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
@@ -39,7 +39,7 @@ class OldFile:
         self.path = directory / f"{family}_no_top.h5"
         kr.write_keras24_v3_no_top(self.with_top, self.path, family)
         # Today's Keras model without the top, holding the same weights.
-        self.no_top = kr.FAMILIES[family](weights=None, include_top=False, **kwargs)
+        self.no_top = kr.keras_builder(family)(weights=None, include_top=False, **kwargs)
         self.no_top.set_weights(self.with_top.get_weights()[: len(self.no_top.weights)])
         self.replacement = registry.find_checkpoint(
             family, kwargs["alpha"], 224, include_top=False, minimalistic=kwargs["minimalistic"]
@@ -85,7 +85,7 @@ def test_the_file_is_as_keras_2_4_wrote_it(old):
     assert not any(n.startswith(("Logits", "dropout", "global_average")) for n in names)
     # Today's Keras refuses it too: one layer more than its model without the top.
     with pytest.raises(ValueError, match="layer"):
-        kr.FAMILIES[old.family](weights=None, include_top=False, **old.kwargs).load_weights(
+        kr.keras_builder(old.family)(weights=None, include_top=False, **old.kwargs).load_weights(
             old.path
         )
 
@@ -103,7 +103,7 @@ def test_refused_saying_why_and_naming_the_replacement(old, tmp_path):
         tm.FAMILIES[old.family](weights=old.path, include_top=False, **old.kwargs)
     assert_refused(str(error.value), old)
     with pytest.raises(WeightsFileError) as error:
-        conversion.convert(old.path, tmp_path / "out.safetensors")
+        keras_io.convert(old.path, tmp_path / "out.safetensors")
     assert_refused(str(error.value), old)
     assert list(tmp_path.iterdir()) == []
 
@@ -116,13 +116,13 @@ def test_loaded_without_conv_2_when_asked(old, tmp_path):
 
     out = tmp_path / "out.safetensors"
     with pytest.warns(UserWarning, match="'Conv_2'"):
-        config = conversion.convert(old.path, out, skip_extra_layers=True)
+        config = keras_io.convert(old.path, out, skip_extra_layers=True)
     assert config["include_top"] is False and config["minimalistic"] == old.kwargs["minimalistic"]
     converted = tm.FAMILIES[old.family](weights=out, include_top=False, **old.kwargs)
     for key, value in model.state_dict().items():
         assert torch.equal(converted.state_dict()[key], value), key
     with safe_open(out, "pt") as f:
-        assert json.loads(f.metadata()[conversion.METADATA_KEY])["skipped_layers"] == ["Conv_2"]
+        assert json.loads(f.metadata()[keras_io.METADATA_KEY])["skipped_layers"] == ["Conv_2"]
 
 
 def run_cli(*args):
@@ -144,6 +144,6 @@ def test_the_command_line_refuses_or_skips_as_asked(old_files, tmp_path):
     )
     assert skipped.stderr.count("\n") == 1
     with pytest.warns(UserWarning, match="'Conv_2'"):
-        conversion.convert(old.path, tmp_path / "in_python.safetensors", skip_extra_layers=True)
+        keras_io.convert(old.path, tmp_path / "in_python.safetensors", skip_extra_layers=True)
     assert out.read_bytes() == (tmp_path / "in_python.safetensors").read_bytes()
     assert run_cli("--all-official", tmp_path, "--skip-extra-layers").returncode == 2

@@ -106,7 +106,7 @@ def test_static_and_dynamic_constructions_really_differ_on_odd_sizes(family, kwa
     """The check above can fail: at an odd size, Keras' static model is another function of the
     same weights than its dynamic one, and each of ours matches only its own."""
     dynamic = keras_model(family, **kwargs)
-    static = kr.FAMILIES[family](weights=None, input_shape=(97, 97, 3), **kwargs)
+    static = kr.keras_builder(family)(weights=None, input_shape=(97, 97, 3), **kwargs)
     static.set_weights(dynamic.get_weights())
     path = weights_file(family, dynamic)
     ours_dynamic = tm.FAMILIES[family](weights=path, **kwargs)

@@ -85,7 +85,8 @@ def test_predict_command_matches_keras(image_file, weights_file):
         [
             sys.executable,
             "-m",
-            "torch_mobilenets.predict",
+            "torch_mobilenets",
+            "predict",
             str(image_file),
             "--model",
             FAMILY,
@@ -118,7 +119,8 @@ def test_predict_command_errors_in_one_line(tmp_path, image_file):
         [
             sys.executable,
             "-m",
-            "torch_mobilenets.predict",
+            "torch_mobilenets",
+            "predict",
             str(not_an_image),
             "--weights",
             str(tmp_path / "absent.h5"),

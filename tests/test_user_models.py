@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import user_models as um
-from helpers import PARITY_TOLERANCE, keras_reference
+from helpers import PARITY_TOLERANCE, keras_reference, require
 
 import torch_mobilenets as tm
 from torch_mobilenets.keras_io import WeightsFileError
@@ -131,7 +131,7 @@ def test_an_official_shaped_head_is_not_taken_for_the_official_top(tmp_path):
         um.calibrate("keras3", keras_model, base, "mobilenet_v2", (96, 96, 3), 0, "inlined")
         path = tmp_path / f"{dropout}.keras"
         keras_model.save(path)
-        config = tm.conversion.convert(path, tmp_path / f"{dropout}.safetensors")
+        config = tm.keras_io.convert(path, tmp_path / f"{dropout}.safetensors")
         if dropout:  # the official top has none: this is the user's own graph
             assert config["family"] == "keras_model"
         else:  # the official architecture exactly, with the activation it has
@@ -153,7 +153,7 @@ def test_an_official_model_saved_whole_still_converts_as_official(tmp_path):
     )
     path = tmp_path / "official.keras"
     keras_model.save(path)
-    config = tm.conversion.convert(path, tmp_path / "official.safetensors")
+    config = tm.keras_io.convert(path, tmp_path / "official.safetensors")
     assert config["family"] == "mobilenet_v3_small"
     assert config["alpha"] == 0.75 and config["classifier_activation"] is None
     model = tm.load_model(tmp_path / "official.safetensors")
@@ -253,7 +253,7 @@ def test_a_keras_cv_backbone_nested_in_a_users_model(tmp_path, capsys):
     """KerasCV's MobileNetV3Backbone as the base of a user's model (Keras 3 only, as KerasCV):
     built from the arguments its config records, its weights paired inside the user's file."""
     keras = um.keras_module("keras3")
-    keras_cv = pytest.importorskip("keras_cv")
+    keras_cv = require("keras_cv")
     layers = keras.layers
     keras.utils.set_random_seed(7)
     base = keras_cv.models.MobileNetV3Backbone(
@@ -297,9 +297,9 @@ def test_a_checkpoint_rebuilds_the_model_without_keras(tmp_path):
     )
     path, _ = um.save(keras_model, "keras3", "keras", tmp_path)
     out = tmp_path / "model.safetensors"
-    tm.conversion.convert(path, out)
+    tm.keras_io.convert(path, out)
     again = tmp_path / "again.safetensors"
-    tm.conversion.convert(path, again)
+    tm.keras_io.convert(path, again)
     assert out.read_bytes() == again.read_bytes()  # deterministic
     x = um.pixels(96, 96)
     np.save(tmp_path / "x.npy", x)
@@ -438,7 +438,7 @@ def test_configs_we_cannot_compute_are_refused(edit, message, tmp_path):
     assert str(bad) in str(caught.value)
     out = tmp_path / "out.safetensors"
     with pytest.raises(WeightsFileError, match=message):
-        tm.conversion.convert(bad, out)
+        tm.keras_io.convert(bad, out)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["small.keras", "bad.keras"]
 
 

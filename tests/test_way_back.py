@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import assert_parity, keras_reference, torch_kwargs
 
 import torch_mobilenets as tm
-from torch_mobilenets import conversion, saving
+from torch_mobilenets import keras_io
 from torch_mobilenets.keras_io.pairing import weighted_layers
 
 kr = keras_reference()  # skips this module, with the reason, without Keras
@@ -30,7 +30,7 @@ def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
     original = kr.build_keras(family, classifier_activation=None, **kwargs)
     official = kr.write_keras_file(original, tmp_path, "keras2_h5", family=family)
     converted = tmp_path / "imagenet.safetensors"
-    conversion.convert(official, converted)
+    keras_io.convert(official, converted)
 
     model = tm.FAMILIES[family](
         weights=converted, classifier_activation=None, **torch_kwargs(kwargs)
@@ -46,7 +46,7 @@ def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
         F.cross_entropy(model.train()(x), torch.tensor([0, 1, 2, 3])).backward()
         optimizer.step()
     checkpoint = tmp_path / "fine_tuned.safetensors"
-    saving.save_checkpoint(model.eval(), checkpoint)
+    keras_io.save_checkpoint(model.eval(), checkpoint)
 
     back = tmp_path / "fine_tuned.h5"
     result = subprocess.run(
@@ -56,7 +56,7 @@ def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    keras_model = kr.FAMILIES[family](
+    keras_model = kr.keras_builder(family)(
         weights=str(back), classes=7, classifier_activation=None, **kwargs
     )
     height, width = kwargs.get("input_shape", (96, 96, 3))[:2]
@@ -66,7 +66,7 @@ def test_round_trip_through_fine_tuning(family, kwargs, tmp_path):
         weights=checkpoint, classes=7, classifier_activation=None, **torch_kwargs(kwargs)
     )
     assert_parity(family, keras_model, again, height, width, case=f"{family} reloaded")
-    assert conversion.file_config(conversion.read(back))["classes"] == 7
+    assert keras_io.file_config(keras_io.read(back))["classes"] == 7
 
 
 def test_keras_arrays_invert_from_keras():
@@ -82,5 +82,5 @@ def test_keras_writer_rejects_checkpoints_without_config(tmp_path):
     bare = tmp_path / "bare.safetensors"
     save_file({"x": torch.zeros(1)}, bare)
     with pytest.raises(ValueError, match="records no model config"):
-        saving.safetensors_to_keras(bare, tmp_path / "out.h5")
+        keras_io.safetensors_to_keras(bare, tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()

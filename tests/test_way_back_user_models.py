@@ -206,7 +206,7 @@ def test_an_official_model_saved_whole_goes_back_into_its_file(tmp_path):
     path = tmp_path / "official.keras"
     keras_model.save(path)
     checkpoint = tmp_path / "official.safetensors"
-    assert tm.conversion.convert(path, checkpoint)["family"] == "mobilenet_v3_small"
+    assert tm.keras_io.convert(path, checkpoint)["family"] == "mobilenet_v3_small"
     model = tm.load_model(checkpoint)
     with torch.no_grad():
         for p in model.parameters():

@@ -129,7 +129,7 @@ def keras_request(family, kwargs, monkeypatch):
     monkeypatch.setattr(file_utils, "get_file", asked)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(KerasAsked) as request:
         warnings.simplefilter("always")
-        kr.FAMILIES[family](weights="imagenet", **kwargs)
+        kr.keras_builder(family)(weights="imagenet", **kwargs)
     shape_warnings = [str(w.message) for w in caught if "input_shape" in str(w.message)]
     return (*request.value.args, shape_warnings)
 

@@ -1,14 +1,18 @@
 """The package as a user installs it: the wheel built from the sources, installed into a fresh
-venv beside the pinned torch pair, `pip check`, then the `torch-mobilenets` command on files this
-test makes, run from outside the checkout; `parity` first without Keras (the extra to install,
-named in one line), then with the `keras` extra installed."""
+venv, offline (the wheel with --no-deps, its dependencies this venv's own, the pinned torch pair
+included, seen through a .pth file), `pip check`, then the `torch-mobilenets` command on files
+this test makes, run from outside the checkout; `parity` first without Keras (the extra to
+install, named in one line), then with the `keras` extra's packages added."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
 import helpers
@@ -18,8 +22,12 @@ from helpers import keras_model
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-TORCH_PAIR = ["torch==2.14.1", "torchvision==0.29.1"]
-KERAS_EXTRA = ["keras==3.15.1", "tensorflow-cpu==2.21.0"]
+# The `keras` extra on Linux x86-64, as distributions this venv holds.
+KERAS_EXTRA = {"keras": "3.15.1", "tensorflow-cpu": "2.21.0"}
+# What the fresh venv does not see of this one until the test adds Keras: Keras, TensorFlow and
+# what needs them (tf-keras, KerasCV, TensorFlow Datasets), and the checkout's own install.
+LEFT_OUT = re.compile(r"(?i)(keras|tensorflow|tf[-_]keras|torch[-_]mobilenets)")
+SITE_PACKAGES = Path(sysconfig.get_paths()["purelib"])
 # What the package imports at run time, as distributions.
 RUNTIME = {"torch", "numpy", "h5py", "safetensors", "pillow", "tqdm"}
 
@@ -66,14 +74,45 @@ def wheel(tmp_path_factory):
     return path
 
 
+def top_level(distribution) -> set[str]:
+    """The entries of site-packages that a distribution installed (its RECORD), scripts aside."""
+    return {f.parts[0] for f in distribution.files or () if f.parts[0] != ".."}
+
+
+def site_view(folder, names) -> Path:
+    """A folder of links to these entries of this venv's site-packages."""
+    folder.mkdir()
+    for name in sorted(names):
+        (folder / name).symlink_to(SITE_PACKAGES / name)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory, wheel):
-    """A fresh venv holding the pinned torch pair and the wheel; returns its bin folder."""
+    """A fresh venv with the wheel installed (--no-deps, --no-index: no network) and, for its
+    dependencies, this venv's packages: a .pth file puts a view of this site-packages on its
+    path (links to every package but Keras', TensorFlow's and the checkout's own, editable,
+    install: the test adds Keras later). Returns its bin folder and where to add Keras'."""
     root = tmp_path_factory.mktemp("venv")
-    run(sys.executable, "-m", "venv", root, cwd=root)
+    # Without pip: pip and setuptools come with the view, as this venv has them (the ones venv
+    # bundles are older than torch asks for).
+    run(sys.executable, "-m", "venv", "--without-pip", root, cwd=root)
     bin_ = root / "bin"
-    run(bin_ / "python", "-m", "pip", "install", "--quiet", *TORCH_PAIR, wheel, cwd=root)
-    return bin_
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(run(bin_ / "python", "-c", purelib, cwd=root).stdout.strip())
+    everything = {p.name for p in SITE_PACKAGES.iterdir()}
+    installed = list(metadata.distributions(path=[str(SITE_PACKAGES)]))
+    names = {d: re.sub(r"[-_.]+", "-", d.metadata["Name"]).lower() for d in installed}
+    keras = set().union(*(top_level(d) for d in installed if names[d] in KERAS_EXTRA))
+    left_out = set().union(*(top_level(d) for d in installed if LEFT_OUT.match(names[d])))
+    left_out |= {n for n in everything if n.endswith(".pth") or n.startswith("__editable__")}
+    view = site_view(root / "view", everything - left_out)
+    (site / "outer_venv.pth").write_text(f"{view}\n")
+    pip = [bin_ / "python", "-m", "pip", "install", "--quiet", "--no-deps", "--no-index"]
+    run(*pip, wheel, cwd=root)
+    return bin_, lambda: (site / "outer_keras.pth").write_text(
+        f"{site_view(root / 'keras_view', keras)}\n"
+    )
 
 
 def test_the_wheel_ships_the_package_alone(wheel):
@@ -105,6 +144,9 @@ def test_the_wheel_ships_the_package_alone(wheel):
 
 def test_installed_command_line(venv, tmp_path, weights_file):
     """convert, predict, weights and parity, installed, outside the checkout."""
+    venv, add_keras = venv
+    for name, version in KERAS_EXTRA.items():  # what the view adds, as the extra pins it
+        assert metadata.version(name) == version
     run(venv / "python", "-m", "pip", "check", cwd=tmp_path)
     where = run(
         venv / "python",
@@ -152,7 +194,7 @@ def test_installed_command_line(venv, tmp_path, weights_file):
     assert without.returncode == 4 and without.stderr.count("\n") == 1
     assert "pip install 'torch-mobilenets[keras]'" in without.stderr
 
-    run(venv / "python", "-m", "pip", "install", "--quiet", *KERAS_EXTRA, cwd=tmp_path)
+    add_keras()  # as `pip install 'torch-mobilenets[keras]'` would, offline
     run(venv / "python", "-m", "pip", "check", cwd=tmp_path)
     result = run(command, "parity", keras_file, image, "--size", "96", "--json", cwd=tmp_path)
     report = json.loads(result.stdout)

@@ -12,15 +12,11 @@ import json
 
 import numpy as np
 
+from torch_mobilenets.models import FAMILIES
+
 HAVE_TF_KERAS = importlib.util.find_spec("tf_keras") is not None
 TF_KERAS_REASON = "needs tf-keras 2.21 (Keras 2): pip install tf-keras==2.21.0 --no-deps"
 
-FAMILIES = {
-    "mobilenet": ("MobileNet", "mobilenet"),
-    "mobilenet_v2": ("MobileNetV2", "mobilenet_v2"),
-    "mobilenet_v3_small": ("MobileNetV3Small", "mobilenet_v3"),
-    "mobilenet_v3_large": ("MobileNetV3Large", "mobilenet_v3"),
-}
 # What each writer saves, by the name users give the file.
 LAYOUTS = {
     "keras3": ("keras", "h5", "weights_json"),
@@ -40,13 +36,13 @@ def keras_module(writer):
 
 def base_model(writer, family, input_shape, **kwargs):
     keras = keras_module(writer)
-    builder = getattr(keras.applications, FAMILIES[family][0])
+    builder = getattr(keras.applications, FAMILIES[family].keras_class)
     return builder(input_shape=input_shape, include_top=False, weights=None, **kwargs)
 
 
 def preprocess(writer, family, x):
     keras = keras_module(writer)
-    return getattr(keras.applications, FAMILIES[family][1]).preprocess_input(x)
+    return getattr(keras.applications, FAMILIES[family].keras_module).preprocess_input(x)
 
 
 def build(writer, idiom, family, input_shape=(96, 96, 3), seed=0, base_kwargs=None, head=None):

@@ -7,7 +7,7 @@ safetensors) -> `pretrained` (official weights, presets) -> this module and the 
 modules -> `cli` (the command line).
 """
 
-from . import conversion, mobilenet_v1, mobilenet_v2, mobilenet_v3
+from . import keras_io, mobilenet_v1, mobilenet_v2, mobilenet_v3
 from ._version import __version__
 from .keras_io import WeightsFileError, load_model, load_weights, save_checkpoint
 from .mobilenet_v1 import MobileNet
@@ -18,19 +18,21 @@ from .mobilenet_v3_backbone import (
     MobileNetV3LargeBackbone,
     MobileNetV3SmallBackbone,
 )
+from .models import FAMILIES as _FAMILIES
 from .nn import KerasModel, keep_freed_memory, optimize_for_inference
+from .pretrained.loading import with_weights as _with_weights
 from .pretrained.registry import Checkpoint, list_weights
 from .pretrained.transforms import KerasPreprocessing
 
-# The public constructors by family name, as configs and checkpoints name them.
+# The public constructors under `models.FAMILIES`' names, as configs and checkpoints name them:
+# `FAMILIES["mobilenet_v2"] is MobileNetV2`. KerasCV's backbone is a class of its own, for its
+# presets.
 FAMILIES = {
-    "mobilenet": MobileNet,
-    "mobilenet_v2": MobileNetV2,
-    "mobilenet_v3_small": MobileNetV3Small,
-    "mobilenet_v3_large": MobileNetV3Large,
-    "mobilenet_v3_backbone": MobileNetV3Backbone,
+    name: MobileNetV3Backbone if family.keras_cv else _with_weights(family.builder)
+    for name, family in _FAMILIES.items()
 }
 
+# What the docs document, and nothing else.
 __all__ = [
     "FAMILIES",
     "Checkpoint",
@@ -45,8 +47,8 @@ __all__ = [
     "MobileNetV3SmallBackbone",
     "WeightsFileError",
     "__version__",
-    "conversion",
     "keep_freed_memory",
+    "keras_io",
     "list_weights",
     "load_model",
     "load_weights",

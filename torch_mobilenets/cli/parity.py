@@ -31,6 +31,7 @@ from ..keras_io import config as model_config
 from ..keras_io.checkpoints import file_spec, official_config
 from ..keras_io.pairing import ARCHITECTURE_KEYS
 from ..keras_io.parity import PARITY_TOLERANCE
+from ..models import FAMILIES
 from ..pretrained.transforms import KerasPreprocessing
 from .common import (
     EXIT_BAD_INPUT,
@@ -49,16 +50,6 @@ DEFAULT_SIZE = 224
 SEEDED_IMAGES = 4
 KERAS_EXTRA = "pip install 'torch-mobilenets[keras]'"
 KERAS_CV_EXTRA = "pip install 'torch-mobilenets[keras-cv]'"
-# The Keras builders of our families (KerasCV's backbone is found in keras_cv).
-KERAS_APPLICATIONS = {
-    "mobilenet": "MobileNet",
-    "mobilenet_v2": "MobileNetV2",
-    "mobilenet_v3_small": "MobileNetV3Small",
-    "mobilenet_v3_large": "MobileNetV3Large",
-}
-# Keras' preprocess_input for each family; V3 models rescale pixels themselves.
-KERAS_PREPROCESSING = {"mobilenet": "mobilenet", "mobilenet_v2": "mobilenet_v2"}
-
 EPILOG = """\
 examples:
   torch-mobilenets parity mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5
@@ -202,7 +193,7 @@ def check(
         "within_tolerance": all(o["relative_difference"] <= tolerance for o in outputs),
         "versions": _versions(keras),
     }
-    if images and family in KERAS_APPLICATIONS:
+    if images and family in FAMILIES and not FAMILIES[family].keras_cv:
         report["inputs"]["ours_vs_keras_preprocessing"] = _our_preprocessing_difference(
             torch_config, images, rows, cols, keras_input
         )
@@ -374,7 +365,7 @@ def import_keras_cv():
 def keras_application(keras, family: str, config: dict, input_shape: tuple | None):
     """The Keras model of `config` (random weights), logits rather than softmax, channels-last
     `input_shape` (None: Keras' dynamic default)."""
-    builder = getattr(keras.applications, KERAS_APPLICATIONS[family])
+    builder = getattr(keras.applications, FAMILIES[family].keras_class)
     kwargs = {
         k: config[k]
         for k in ("alpha", "include_top", "classes", "depth_multiplier", "minimalistic")
@@ -496,7 +487,9 @@ def _keras_preprocessing_module(family: str, torch_config: dict) -> str | None:
         and not torch_config.get("include_preprocessing", True)
     ):
         return "mobilenet_v2"  # V3 without its rescaling layer takes [-1, 1]
-    return KERAS_PREPROCESSING.get(family)
+    if family not in FAMILIES or family.startswith("mobilenet_v3"):
+        return None  # the model rescales the pixels itself, or is a user's own
+    return FAMILIES[family].keras_module
 
 
 def _preprocessing_name(family: str, torch_config: dict) -> str:

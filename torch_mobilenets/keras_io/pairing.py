@@ -191,7 +191,7 @@ def build(config: dict, device=None) -> KerasModel:
         model_config.check_sizes(model_config.build_model(spec, "meta"), f"model {spec.name!r}")
         return model_config.build_model(spec, device)
     config = dict(config)
-    builder = FAMILIES[config.pop("family")]
+    builder = FAMILIES[config.pop("family")].builder
     accepted = inspect.signature(builder).parameters
     kwargs = {k: v for k, v in config.items() if k in accepted}
     if kwargs.get("input_shape") is not None:
@@ -233,7 +233,7 @@ def infer_config(
 
 def _search(keras_file: KerasFile, known: dict) -> dict | None:
     for family in [known["family"]] if "family" in known else list(FAMILIES):
-        builder = FAMILIES[family]
+        builder = FAMILIES[family].builder
         params = inspect.signature(builder).parameters
         for variant in _variants(builder, params, known):
             config = _search_widths(keras_file, {"family": family, **variant}, params, known)

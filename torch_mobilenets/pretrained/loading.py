@@ -60,9 +60,10 @@ def public_signature(builder: Callable) -> inspect.Signature:
     return signature.replace(parameters=parameters)
 
 
+@functools.cache
 def with_weights(builder: Callable[..., KerasModel]) -> Callable[..., KerasModel]:
     """The public constructor of a builder: the same arguments and docstring, and `weights`
-    loaded."""
+    loaded. One per builder, so `tm.FAMILIES[name]` is `tm.MobileNetV2` itself."""
 
     @functools.wraps(builder)
     def constructor(*args, **kwargs) -> KerasModel:
