@@ -8,7 +8,7 @@ import time
 import torch
 
 from benchmarks.calibration import calibrate
-from benchmarks.contenders import FAMILIES
+from benchmarks.contenders import PEERS
 from benchmarks.records import OPTIMIZED, TORCHVISION
 
 
@@ -19,7 +19,7 @@ def accelerator_records(device, batch, dtypes, compile_models):
     import torch_mobilenets as tm
 
     records = []
-    for family, (_, torchvision_name, _) in FAMILIES.items():
+    for family, (_, torchvision_name, _) in PEERS.items():
         if torchvision_name is None:
             continue
         for dtype in dtypes:

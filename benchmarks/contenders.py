@@ -46,7 +46,8 @@ from benchmarks.records import (
 )
 from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
 
-FAMILIES = {
+# The families benchmarked, with what runs them beside ours (family names: models.FAMILIES).
+PEERS = {
     # family: (Keras arguments, torchvision builder, timm model)
     "mobilenet": (dict(input_shape=(224, 224, 3)), None, "mobilenetv1_100"),
     "mobilenet_v2": (dict(input_shape=(224, 224, 3)), "mobilenet_v2", "mobilenetv2_100"),
@@ -63,7 +64,7 @@ def our_model(family, weights=None):
     (static, as in Keras), V3 for any size."""
     import torch_mobilenets as tm
 
-    keras_kwargs = FAMILIES[family][0]
+    keras_kwargs = PEERS[family][0]
     return tm.FAMILIES[family](
         weights=weights,
         classifier_activation=None,
@@ -121,7 +122,7 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     import torch_mobilenets as tm
     from convert import keras_reference as kr
 
-    keras_kwargs, torchvision_name, timm_name = FAMILIES[family]
+    keras_kwargs, torchvision_name, timm_name = PEERS[family]
     keras_model = kr.build_keras(family, classifier_activation=None, **keras_kwargs)
     weights = kr.write_keras_file(keras_model, workdir / family, "weights_h5", family=family)
     eager = our_model(family, weights).eval()
@@ -212,9 +213,7 @@ def keras_torch_child(family, weights, inputs, outputs, threads, cores, calls):
     if keras.backend.backend() != "torch":
         raise RuntimeError(f"Keras runs on {keras.backend.backend()}, not torch")
     # The builder alone (build_keras would draw and calibrate weights, then overwritten).
-    model = kr.keras_builder(family)(
-        weights=None, classifier_activation=None, **FAMILIES[family][0]
-    )
+    model = kr.keras_builder(family)(weights=None, classifier_activation=None, **PEERS[family][0])
     model.load_weights(weights)
     x = torch.from_numpy(np.load(inputs))
     samples = []

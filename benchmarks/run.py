@@ -82,7 +82,7 @@ from benchmarks import (  # noqa: E402 (after the path)
     render,
     training,
 )
-from benchmarks.contenders import FAMILIES  # noqa: E402
+from benchmarks.contenders import PEERS  # noqa: E402
 from benchmarks.records import (  # noqa: E402
     KERAS_TORCH,
     OF_MEDIANS,
@@ -139,7 +139,7 @@ def parser():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(PEERS), choices=list(PEERS))
     parser.add_argument(
         "--accelerator", help="device for the images/second table (default: cuda when there is one)"
     )

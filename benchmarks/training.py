@@ -11,7 +11,7 @@ import time
 import torch
 from torch import nn
 
-from benchmarks.contenders import FAMILIES, model_input, our_model
+from benchmarks.contenders import PEERS, model_input, our_model
 
 
 def train_step(model, optimizer, x, labels):
@@ -27,7 +27,7 @@ def training_records(families, batch, steps, warmup):
 
     records = []
     for family in families:
-        torchvision_name = FAMILIES[family][1]
+        torchvision_name = PEERS[family][1]
         if torchvision_name is None:
             continue
         torch.manual_seed(0)

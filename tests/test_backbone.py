@@ -145,7 +145,7 @@ def test_the_legacy_h5_we_write_reads_back_and_keras_cv_loads_it(tmp_path):
     for key, value in ours.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
     # KerasCV's own backbone loads it, and computes what ours does.
-    keras = keras_reference().keras_cv_backbone(**kwargs)
+    keras = keras_reference().keras_builder("mobilenet_v3_backbone")(**kwargs)
     keras.load_weights(back)
     assert_backbone_parity(keras, ours, 96, 96, "the legacy .h5 we write")
 

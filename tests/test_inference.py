@@ -2,11 +2,15 @@
 
 import copy
 import ctypes
+import functools
 import itertools
 import json
 import pickle
 import subprocess
 import sys
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -23,6 +27,10 @@ import torch_mobilenets as tm
 from torch_mobilenets.nn import inference
 from torch_mobilenets.nn.inference import FoldedAway, FusedConv2d
 from torch_mobilenets.nn.layers import Conv2d, HardSigmoid, HardSwish, ReLU, ReLU6
+
+# A copy going back to public ops (a private oneDNN op failed, or its schema changed) only
+# warns, so that users get their results: here it fails the test, unless the test expects it.
+pytestmark = pytest.mark.filterwarnings("error:optimize_for_inference:RuntimeWarning")
 
 
 @pytest.mark.parametrize(
@@ -146,6 +154,9 @@ def test_fused_copy_can_be_copied_and_pickled_after_use():
         assert fast.get_submodule("conv")._packed
         again = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
         assert not again.get_submodule("conv")._packed
+        fused = [m for m in again.modules() if isinstance(m, FusedConv2d)]
+        assert len({id(m._fallback) for m in fused}) == 1  # still one for the copy
+        assert len({id(m._lock) for m in fused}) == len(fused)  # a lock each, made again
         torch.testing.assert_close(again(x), expected, rtol=0, atol=0)
 
 
@@ -230,6 +241,197 @@ def test_pointwise_convolutions_run_as_matrix_products(activation, bias):
             conv.weight.mul_(0.5)  # and that changed in place, which no version counter tells
             torch.testing.assert_close(fused(x), plain(conv(x)), rtol=1e-5, atol=1e-5)
             conv.weight.data = weight
+
+
+@functools.cache
+def small_model():
+    """MobileNet at alpha 0.25 with trained-like weights: every path of FusedConv2d (strided and
+    depthwise convolutions, both matrix products at batch 4 and 128x128), quickly."""
+    model = tm.MobileNet(weights=None, alpha=0.25, include_top=False, pooling="avg")
+    return trained_like(model, size=128)
+
+
+# The module's handles on oneDNN's private ops, which FusedConv2d calls through.
+PRIVATE_OPS = (
+    "_CONVOLUTION_POINTWISE",
+    "_REORDER_CONVOLUTION_WEIGHT",
+    "_LINEAR_POINTWISE",
+    "_REORDER_LINEAR_WEIGHT",
+)
+
+
+def spy_on_private_ops(monkeypatch, failing=None):
+    """Each call of a private op recorded (its name, as torch.ops.mkldnn spells it) in the list
+    returned; the op named `failing` raises instead of running."""
+    calls: list[str] = []  # list.append: safe from several threads
+    for handle in PRIVATE_OPS:
+        name, op = handle.lower(), getattr(inference, handle)
+
+        def spy(*args, _name=name, _op=op):
+            calls.append(_name)
+            if _name == failing:
+                raise RuntimeError(f"simulated failure of {_name}")
+            return _op(*args)
+
+        monkeypatch.setattr(inference, handle, spy)
+    return calls
+
+
+def assert_close_to(got, expected, case=""):
+    error = relative_error(got, expected)
+    assert error <= PARITY_TOLERANCE, f"{case}: relative error {error:.2e}"
+
+
+@needs_onednn
+def test_one_copy_serves_several_threads_at_once(monkeypatch):
+    """Four threads on one copy, with more input shapes than a layer keeps packed kernels for,
+    so that they evict each other's: every output the eager one's. And on a fresh copy, four
+    threads wanting the same shape at once: each layer packs its kernel once."""
+    model = small_model()
+    shapes = [(4, 128, 128), (1, 96, 96), (2, 112, 128), (1, 97, 113), (2, 128, 96), (3, 100, 100)]
+    assert len(shapes) > FusedConv2d.PACKED_SHAPES
+    inputs = [model_images(model, *shape, seed=k) for k, shape in enumerate(shapes)]
+    with torch.no_grad():
+        expected = [model(x) for x in inputs]
+    for shape, output in zip(shapes, expected):
+        if shape[0] > 1:
+            assert_sensitive(output, case=str(shape))
+    calls = spy_on_private_ops(monkeypatch)
+    threads = 4
+
+    def run(fast, order, rounds):
+        barrier.wait()  # all at once
+        with torch.inference_mode():  # grad mode is per thread
+            return [(k, fast(inputs[k])) for _ in range(rounds) for k in order]
+
+    fast = tm.optimize_for_inference(model)
+    barrier = threading.Barrier(threads)
+    orders = [list(range(len(shapes)))[t:] + list(range(len(shapes)))[:t] for t in range(threads)]
+    with warnings.catch_warnings(record=True) as caught, ThreadPoolExecutor(threads) as pool:
+        warnings.simplefilter("always")
+        results = [r for f in [pool.submit(run, fast, o, 3) for o in orders] for r in f.result()]
+    assert not [w for w in caught if "optimize_for_inference" in str(w.message)]  # no fallback
+    assert len(results) == threads * 3 * len(shapes)
+    for k, got in results:
+        assert_close_to(got, expected[k], case=str(shapes[k]))
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+    assert all(len(m._packed) <= FusedConv2d.PACKED_SHAPES for m in fused)
+    assert fused[0]._fallback.reason is None
+    assert {"_convolution_pointwise", "_linear_pointwise"} <= set(calls)
+
+    fresh = tm.optimize_for_inference(model)
+    calls.clear()
+    barrier = threading.Barrier(threads)
+    with ThreadPoolExecutor(threads) as pool:
+        results = [
+            r for f in [pool.submit(run, fresh, [0], 1) for _ in range(threads)] for r in f.result()
+        ]
+    for k, got in results:
+        assert_close_to(got, expected[k], case="the same shape")
+    packs = sum(1 for c in calls if c.startswith("_reorder"))
+    kept = sum(len(m._packed) for m in fresh.modules() if isinstance(m, FusedConv2d))
+    assert packs == kept > 10, (packs, kept)
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own, the flags'
+def test_onednn_disabled_runs_the_public_ops(monkeypatch):
+    """torch.backends.mkldnn.enabled = False, as F.conv2d honours it: no private op is called
+    while it holds, and they are again once it is lifted."""
+    model = small_model()
+    x = model_images(model, 4, 128, 128, seed=1)
+    fast = tm.optimize_for_inference(model)
+    calls = spy_on_private_ops(monkeypatch)
+    with torch.no_grad():
+        expected = model(x)
+        assert_sensitive(expected)
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not torch.backends.mkldnn.enabled
+            off = fast(x)
+        assert calls == []
+        on = fast(x)
+    assert set(calls) == {handle.lower() for handle in PRIVATE_OPS}
+    assert_close_to(off, expected, "disabled")
+    assert_close_to(on, expected, "enabled")
+
+
+@needs_onednn
+@pytest.mark.parametrize("handle", PRIVATE_OPS)
+def test_a_failing_private_op_falls_back_to_public_ops(handle, monkeypatch):
+    """A private op that raises: the call still returns the eager output, through the public
+    ops, with one warning naming the op; the copy keeps to the public ops from then on."""
+    model = small_model()
+    x = model_images(model, 4, 128, 128, seed=2)
+    op = handle.lower()
+    fast = tm.optimize_for_inference(model)
+    calls = spy_on_private_ops(monkeypatch, failing=op)
+    with torch.no_grad():
+        expected = model(x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outputs = [fast(x), fast(x.contiguous(memory_format=torch.channels_last))]
+    assert_sensitive(expected)
+    for got in outputs:
+        assert_close_to(got, expected, op)
+    assert calls.count(op) == 1  # failed once, then never called again
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert caught[0].category is RuntimeWarning
+    message = str(caught[0].message)
+    assert f"torch.ops.mkldnn.{op}" in message and "simulated failure" in message
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+    assert {id(m._fallback) for m in fused} == {id(fused[0]._fallback)}  # one for the copy
+    assert fused[0]._fallback.reason is not None
+    monkeypatch.undo()  # the op works again: the copy keeps to the public ops, a new one not
+    calls = spy_on_private_ops(monkeypatch)
+    with torch.no_grad():
+        assert_close_to(fast(x), expected, "after")
+        assert calls == []
+        assert_close_to(tm.optimize_for_inference(model)(x), expected, "a new copy")
+    assert op in calls
+
+
+@pytest.fixture
+def fresh_schema_check():
+    inference._onednn_usable.cache_clear()
+    yield
+    inference._onednn_usable.cache_clear()
+
+
+@needs_onednn
+def test_private_op_schemas_are_checked(monkeypatch, fresh_schema_check):
+    """The schemas of the private ops are the ones FusedConv2d calls; one changed (an argument
+    more, without a default) makes the copies of public ops only, with one warning."""
+    for name, schema in inference.ONEDNN_SCHEMAS.items():
+        assert inference._schema_mismatch(name, schema) is None, name
+    assert inference._onednn_usable()
+    real = inference._op_schema
+    expected = inference.ONEDNN_SCHEMAS["_convolution_pointwise"]
+    extended = torch._C.parse_schema(
+        expected.replace("str? algorithm)", "str? algorithm, int x=1)")
+    )
+    changed = torch._C.parse_schema(expected.replace("str? algorithm)", "str? algorithm, int x)"))
+    view = {"_convolution_pointwise": extended}
+    monkeypatch.setattr(inference, "_op_schema", lambda n: view[n] if n in view else real(n))
+    assert inference._schema_mismatch("_convolution_pointwise", expected) is None  # a default
+    view["_convolution_pointwise"] = changed
+    assert "_convolution_pointwise" in inference._schema_mismatch(
+        "_convolution_pointwise", expected
+    )
+    inference._onednn_usable.cache_clear()
+    model = small_model()
+    x = model_images(model, 2, 128, 128, seed=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        copies = [tm.optimize_for_inference(model) for _ in range(2)]
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    assert caught[0].category is RuntimeWarning
+    assert "torch.ops.mkldnn._convolution_pointwise" in str(caught[0].message)
+    with torch.no_grad():
+        expected_output = model(x)
+        for fast in copies:
+            assert not any(isinstance(m, FusedConv2d) for m in fast.modules())
+            assert sum(isinstance(m, FoldedAway) for m in fast.modules()) > 10
+            assert_close_to(fast(x), expected_output, "public copy")
 
 
 FREED_MEMORY_PROBE = """

@@ -336,11 +336,14 @@ class KerasModel(nn.Module):
         if relayout:
             x = x.contiguous(memory_format=torch.channels_last)
         key = (frozenset(keep), last_node, start_node, overwrite, relayout)
-        if self._programs is None:
-            self._programs = {}
-        if key not in self._programs:
-            self._programs[key] = _program(self, *key)
-        program = self._programs[key]
+        # Read once: threads calling the model together may each make a program, and each
+        # runs its own, never a missing one.
+        programs = self._programs
+        if programs is None:
+            programs = self._programs = {}
+        program = programs.get(key)
+        if program is None:
+            program = programs[key] = _program(self, *key)
         values, modules = {start_node: x}, self._modules
         for call in program.calls:
             layer: Any = modules[call.name]

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
+import threading
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,18 +26,113 @@ from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish
 
 # oneDNN's fused convolution and matrix product, which PyTorch itself runs for compiled models on
 # the CPU (Inductor); here they are called eagerly. A build without oneDNN keeps the plain layers.
+# They are private (Inductor's), so FusedConv2d calls them only where their schemas are the ones
+# below, the arguments it passes, positionally (`_onednn_usable`), and where one raises anyway
+# the copy goes back to public ops (`_Fallback`).
+ONEDNN_SCHEMAS = {
+    "_convolution_pointwise": "mkldnn::_convolution_pointwise(Tensor X, Tensor W, Tensor? B, "
+    "int[] padding, int[] stride, int[] dilation, int groups, str attr, Scalar?[] scalars, "
+    "str? algorithm) -> Tensor Y",
+    "_reorder_convolution_weight": "mkldnn::_reorder_convolution_weight(Tensor self, "
+    "int[2] padding=0, int[2] stride=1, int[2] dilation=1, int groups=1, "
+    "int[]? input_size=None) -> Tensor Y",
+    "_linear_pointwise": "mkldnn::_linear_pointwise(Tensor X, Tensor W, Tensor? B, str attr, "
+    "Scalar?[] scalars, str? algorithm) -> Tensor Y",
+    "_reorder_linear_weight": "mkldnn::_reorder_linear_weight(Tensor self, "
+    "int? batch_size=None) -> Tensor Y",
+}
 _ONEDNN = torch.backends.mkldnn.is_available() and all(
-    hasattr(torch.ops.mkldnn, op)
-    for op in (
-        "_convolution_pointwise",
-        "_reorder_convolution_weight",
-        "_linear_pointwise",
-        "_reorder_linear_weight",
-    )
+    hasattr(torch.ops.mkldnn, op) for op in ONEDNN_SCHEMAS
 )
-# The overloads themselves: resolving one from its packet costs ~10 us a call.
-_CONVOLUTION_POINTWISE: Any = torch.ops.mkldnn._convolution_pointwise.default if _ONEDNN else None
-_LINEAR_POINTWISE: Any = torch.ops.mkldnn._linear_pointwise.default if _ONEDNN else None
+
+
+def _overload(name: str) -> Any:
+    """The op's default overload, or None: resolving one from its packet costs ~10 us a call."""
+    return getattr(getattr(torch.ops.mkldnn, name), "default", None) if _ONEDNN else None
+
+
+_CONVOLUTION_POINTWISE: Any = _overload("_convolution_pointwise")
+_REORDER_CONVOLUTION_WEIGHT: Any = _overload("_reorder_convolution_weight")
+_LINEAR_POINTWISE: Any = _overload("_linear_pointwise")
+_REORDER_LINEAR_WEIGHT: Any = _overload("_reorder_linear_weight")
+# torch.backends.mkldnn.enabled, read on every call: the property costs 4x this.
+_mkldnn_enabled: Callable[[], bool] = getattr(
+    torch._C, "_get_mkldnn_enabled", lambda: bool(torch.backends.mkldnn.enabled)
+)
+
+
+def _op_schema(name: str) -> Any:
+    return getattr(torch.ops.mkldnn, name).default._schema
+
+
+def _schema_mismatch(name: str, expected: str) -> str | None:
+    """Why `torch.ops.mkldnn.<name>` cannot be called as FusedConv2d calls it, or None: its
+    leading arguments must be the expected ones (name, type, positional), any more must have
+    defaults, and it must return one tensor."""
+    try:
+        found = _op_schema(name)
+    except (AttributeError, RuntimeError) as error:
+        return f"torch.ops.mkldnn.{name} is missing ({error})"
+    try:
+        want = torch._C.parse_schema(expected)
+        n = len(want.arguments)
+
+        def leading(schema):
+            return [(a.name, str(a.type), a.kwarg_only) for a in schema.arguments[:n]]
+
+        same = (
+            leading(found) == leading(want)
+            and all(a.has_default_value() for a in found.arguments[n:])
+            and [str(r.type) for r in found.returns] == ["Tensor"]
+        )
+    except Exception as error:  # a schema API of torch's changed: nothing to rely on
+        return f"torch.ops.mkldnn.{name}'s schema could not be checked ({error!r})"
+    if not same:
+        return f"torch.ops.mkldnn.{name} is `{found}`, not the `{want}` that FusedConv2d calls"
+    return None
+
+
+@functools.cache
+def _onednn_usable() -> bool:
+    """Whether optimize_for_inference makes FusedConv2d layers: oneDNN built in and its private
+    ops as FusedConv2d calls them. Checked once per process; a mismatch warns, once."""
+    if not torch.backends.mkldnn.is_available():
+        return False  # a build without oneDNN: the plain layers, as expected
+    problems = [p for name, s in ONEDNN_SCHEMAS.items() if (p := _schema_mismatch(name, s))]
+    if problems:
+        warnings.warn(
+            f"optimize_for_inference: {'; '.join(problems)}; its copies run public PyTorch "
+            "ops instead (the same results, slower)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return not problems
+
+
+_FALLBACK_LOCK = threading.Lock()
+
+
+class _Fallback:
+    """Shared by the FusedConv2d layers of one copy: why they run the public ops where they
+    would call oneDNN's, None until one of its private ops raised."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+
+    def fail(self, op: str, error: Exception) -> None:
+        """The first failure of the copy's: kept, and warned about once."""
+        with _FALLBACK_LOCK:  # threads failing together: one warning
+            if self.reason is not None:
+                return
+            self.reason = f"torch.ops.mkldnn.{op} raised {type(error).__name__}: {error}"
+        warnings.warn(
+            f"optimize_for_inference: {self.reason}; this copy runs public PyTorch ops from "
+            "now on (the same results, slower)",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 _CHANNELS_LAST = torch.channels_last
 # Our activations as oneDNN post-ops: (name, its scalars).
 ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
@@ -66,7 +164,13 @@ class FusedConv2d(Conv2d):
     MobileNetV3Small). With little work it is `torch.addmm` and then the activation in place;
     with more, oneDNN's matrix product, activation fused and kernel packed like the
     convolution's: it took 0.72 to 1.04 of the convolution's time on 16 1x1 layer shapes of
-    the four families (batch 1 to 32, 2 threads)."""
+    the four families (batch 1 to 32, 2 threads).
+
+    One copy may be called from several threads at once: the packed kernels are looked up,
+    made (once per shape) and evicted under a lock, never held while a kernel runs. Where
+    `torch.backends.mkldnn.enabled` is False (checked on every call) it runs the plain layers;
+    where a private oneDNN op raises, the public ones, then and for every later call of the
+    layers sharing its `_Fallback` (one copy's), with one warning."""
 
     PACKED_SHAPES = 4
     # Below this many multiply-adds per call torch.addmm is the faster product. Measured on the
@@ -75,7 +179,9 @@ class FusedConv2d(Conv2d):
     # the same total time within 0.3%.
     ADDMM_MAX_MACS = 2**21
 
-    def __init__(self, conv: Conv2d, activation: nn.Module | None):
+    def __init__(
+        self, conv: Conv2d, activation: nn.Module | None, fallback: _Fallback | None = None
+    ):
         with torch.device("meta"):  # the parameters are conv's own
             super().__init__(
                 conv.in_channels,
@@ -97,32 +203,51 @@ class FusedConv2d(Conv2d):
         self._is_pointwise = one_by_one and self.groups == 1
         # (input shape, padding or None for the product) -> (weight's version, oneDNN's kernel)
         self._packed: dict = {}
+        self._lock = threading.Lock()  # around _packed
         self._matrix: tuple[int, torch.Tensor] | None = None  # (weight's address, the view)
+        self._fallback = fallback if fallback is not None else _Fallback()
 
     def forward(self, x: torch.Tensor, pad=None) -> torch.Tensor:
         if not self._onednn_applies(x):
-            out = super().forward(x, pad)
-            return out if self.activation is None else self.activation.forward_inplace(out)
+            return self._forward_plain(x, pad)
         product = self.product(x) if pad is None else None
         if product is not None:
             return self._forward_product(x, product)
+        padding_given = pad
         if pad is None and self._dynamic_same:
             pad = self.same_padding(x)
         if pad is None:
             pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
-        kernel, padding = self._packed_kernel((tuple(x.shape), pad), lambda: self._pack(x, pad))
-        return _CONVOLUTION_POINTWISE(
-            x,
-            kernel,
-            self.bias,
-            padding,
-            self._stride_list,
-            self._dilation_list,
-            self.groups,
-            self.post_op,
-            self.post_op_scalars,
-            None,
-        )
+        try:
+            kernel, padding = self._packed_kernel((tuple(x.shape), pad), lambda: self._pack(x, pad))
+        except Exception as error:  # a private op: its failure is no reason to fail the call
+            return self._fall_back(x, padding_given, "_reorder_convolution_weight", error)
+        try:
+            return _CONVOLUTION_POINTWISE(
+                x,
+                kernel,
+                self.bias,
+                padding,
+                self._stride_list,
+                self._dilation_list,
+                self.groups,
+                self.post_op,
+                self.post_op_scalars,
+                None,
+            )
+        except Exception as error:
+            return self._fall_back(x, padding_given, "_convolution_pointwise", error)
+
+    def _forward_plain(self, x: torch.Tensor, pad=None) -> torch.Tensor:
+        out = super().forward(x, pad)
+        return out if self.activation is None else self.activation.forward_inplace(out)
+
+    def _fall_back(self, x: torch.Tensor, pad, op: str, error: Exception) -> torch.Tensor:
+        # The plain layers first: if they fail too, the input suits neither (a wrong shape),
+        # and their error is the caller's, oneDNN's chained to it; nothing changes.
+        out = self._forward_plain(x, pad)
+        self._fallback.fail(op, error)
+        return out
 
     def product(self, x: torch.Tensor) -> str | None:
         """How a call on `x` runs where oneDNN applies: "addmm", "onednn" (its matrix product)
@@ -145,23 +270,33 @@ class FusedConv2d(Conv2d):
             if activation is not None:
                 activation.forward_inplace(out)
         else:
-            packed = self._packed_kernel(
-                (tuple(x.shape), None),
-                lambda: torch.ops.mkldnn._reorder_linear_weight(
-                    self.weight.reshape(self.out_channels, self.in_channels), len(rows)
-                ),
-            )
-            out = _LINEAR_POINTWISE(rows, packed, bias, self.post_op, self.post_op_scalars, None)
+            try:
+                packed = self._packed_kernel(
+                    (tuple(x.shape), None),
+                    lambda: _REORDER_LINEAR_WEIGHT(
+                        self.weight.reshape(self.out_channels, self.in_channels), len(rows)
+                    ),
+                )
+            except Exception as error:
+                return self._fall_back(x, None, "_reorder_linear_weight", error)
+            try:
+                out = _LINEAR_POINTWISE(
+                    rows, packed, bias, self.post_op, self.post_op_scalars, None
+                )
+            except Exception as error:
+                return self._fall_back(x, None, "_linear_pointwise", error)
         c = self.out_channels
         return out.as_strided((n, c, height, width), (height * width * c, 1, width * c, c))
 
     def _matmul_kernel(self) -> torch.Tensor:
         # The weight as an (in, out) matrix: a view, so it follows in-place changes; made again
         # when the weight's memory is replaced (`.to()`, `load_state_dict(assign=True)`).
-        if self._matrix is None or self._matrix[0] != self.weight.data_ptr():
-            matrix = self.weight.reshape(self.out_channels, self.in_channels).t()
-            self._matrix = (self.weight.data_ptr(), matrix)
-        return self._matrix[1]
+        # Read once: another thread may replace it meanwhile (with a view as good).
+        weight, matrix = self.weight, self._matrix
+        if matrix is None or matrix[0] != weight.data_ptr():
+            matrix = (weight.data_ptr(), weight.reshape(self.out_channels, self.in_channels).t())
+            self._matrix = matrix
+        return matrix[1]
 
     def _onednn_applies(self, x: torch.Tensor) -> bool:
         weight = self.weight  # a parameter: each read goes through nn.Module.__getattr__
@@ -172,6 +307,8 @@ class FusedConv2d(Conv2d):
             and weight.dtype is torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+            and self._fallback.reason is None  # no private op of this copy's has failed
+            and _mkldnn_enabled()  # torch.backends.mkldnn.enabled, as F.conv2d honours it
         )
 
     def _packed_kernel(self, key: tuple, pack: Callable[[], Any]) -> Any:
@@ -179,19 +316,25 @@ class FusedConv2d(Conv2d):
         # kernel on every call, slower than no packing at all. So one kernel per input shape,
         # the last few kept; each made again when the weight changes in place (its version) or
         # is replaced (its data). An inference tensor keeps no version: packed on every call.
+        # Under the lock, so that threads sharing the copy neither lose nor evict each other's
+        # entries halfway, and a shape is packed once however many threads want it (a thread
+        # packing blocks only the others calling this layer, who would wait or pack too); the
+        # kernel runs outside it, holding its own reference to what it was given.
         weight = self.weight
         version = None if weight.is_inference() else (weight._version, weight.data_ptr())
-        cached = self._packed.pop(key, None)
-        if cached is None or version is None or cached[0] != version:
-            cached = (version, pack())
-        self._packed[key] = cached  # most recently used last
-        if len(self._packed) > self.PACKED_SHAPES:
-            del self._packed[next(iter(self._packed))]
+        packed = self._packed
+        with self._lock:
+            cached = packed.pop(key, None)
+            if cached is None or version is None or cached[0] != version:
+                cached = (version, pack())
+            packed[key] = cached  # most recently used last
+            while len(packed) > self.PACKED_SHAPES:
+                del packed[next(iter(packed))]
         return cached[1]
 
     def _pack(self, x: torch.Tensor, pad) -> tuple[torch.Tensor, list]:
         weight, padding = self.padded_kernel(pad)
-        kernel = torch.ops.mkldnn._reorder_convolution_weight(
+        kernel = _REORDER_CONVOLUTION_WEIGHT(
             weight.contiguous(),
             list(padding),
             list(self.stride),
@@ -202,7 +345,15 @@ class FusedConv2d(Conv2d):
         return kernel, list(padding)
 
     def __getstate__(self):  # oneDNN kernels can be neither copied nor pickled: made again
-        return {**self.__dict__, "_packed": {}, "_matrix": None}
+        state = {**self.__dict__, "_packed": {}, "_matrix": None}
+        del state["_lock"]  # nor can a lock
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.Lock()
+        if "_fallback" not in state:  # pickled before there was one
+            self._fallback = _Fallback()
 
 
 def fold_batch_norms(model: KerasModel) -> KerasModel:
@@ -236,9 +387,11 @@ def fold_batch_norms(model: KerasModel) -> KerasModel:
     return model
 
 
-def fuse_convolutions(model: KerasModel) -> KerasModel:
+def fuse_convolutions(model: KerasModel, fallback: _Fallback | None = None) -> KerasModel:
     """Make each Conv2d a FusedConv2d, in place, taking in the activation that is its only
-    reader (through folded BatchNorms). Run after `fold_batch_norms`."""
+    reader (through folded BatchNorms). Run after `fold_batch_norms`. The layers share
+    `fallback` (a new one if None): a private op failing in one sends them all to public ops."""
+    fallback = fallback if fallback is not None else _Fallback()
     nodes, readers = model.nodes(), model.readers()
     for node in nodes:
         conv = node.layer
@@ -256,7 +409,7 @@ def fuse_convolutions(model: KerasModel) -> KerasModel:
                 activation = reader.layer
                 model.replace(reader.name, FoldedAway())
             break
-        model.replace(node.name, FusedConv2d(conv, activation))
+        model.replace(node.name, FusedConv2d(conv, activation, fallback))
     return model
 
 
@@ -283,6 +436,14 @@ def optimize_for_inference(
     leaves out `FusedConv2d` and with it the private oneDNN op: every layer a public PyTorch one
     (benchmarks/run.py times what the op buys).
 
+    The fused copy may be called from several threads at once (its packed kernels are kept
+    under a lock). It honours `torch.backends.mkldnn.enabled`, read on every call: while it is
+    False, the public ops run. The private ops are Inductor's, not a public API: where their
+    schemas are not the ones `FusedConv2d` calls (checked once per process), the copy is made
+    with public ops only; where one raises at run time, that call and every later one of the
+    copy run the public ops. Either way with one `RuntimeWarning` naming the op and the reason,
+    and the same results.
+
     `compile=True` returns the public-ops copy compiled by `torch.compile` with Inductor's
     `COMPILE_OPTIONS`: no Python between layers, the faster path for MobileNetV3 at batch 1
     (about 0.9 of the eager copy's time), not for V1 and V2 or larger batches (see
@@ -294,10 +455,13 @@ def optimize_for_inference(
     # tensors keep no version counter, which FusedConv2d reads to notice a weight changed.
     with torch.inference_mode(False), torch.no_grad():
         fast = copy.deepcopy(model).eval()
+        # compiled, FusedConv2d would run its plain layers
+        fused = fuse and not compile and _onednn_usable()
+        fallback = _Fallback()  # one for the copy, nested graphs included
         for graph in [m for m in fast.modules() if isinstance(m, KerasModel)]:  # nested too
             fold_batch_norms(graph)
-            if fuse and _ONEDNN and not compile:  # compiled, FusedConv2d runs its plain layers
-                fuse_convolutions(graph)
+            if fused:
+                fuse_convolutions(graph, fallback)
         for parameter in fast.parameters():
             parameter.requires_grad_(False)
         if channels_last:
