@@ -43,6 +43,7 @@ from benchmarks.records import (
     ROOT,
     TIMM,
     TORCHVISION,
+    UNPLANNED,
 )
 from torch_mobilenets.keras_io.parity import PARITY_TOLERANCE
 
@@ -128,6 +129,7 @@ def contenders(family, batch, workdir, threads, compile_cpu):
     eager = our_model(family, weights).eval()
     fast = tm.optimize_for_inference(eager)
     folded = tm.optimize_for_inference(eager, fuse=False)
+    unplanned = tm.optimize_for_inference(eager, keep_memory=False)
 
     x = model_input(family, batch)
     x_last = x.contiguous(memory_format=torch.channels_last)
@@ -140,11 +142,13 @@ def contenders(family, batch, workdir, threads, compile_cpu):
         errors = {
             OPTIMIZED: checked(OPTIMIZED, fast(x_last), reference),
             FOLDED: checked(FOLDED, folded(x_last), reference),
+            UNPLANNED: checked(UNPLANNED, unplanned(x_last), reference),
         }
     runs = {
         EAGER: lambda: eager(x),
         OPTIMIZED: lambda: fast(x_last),
         FOLDED: lambda: folded(x_last),
+        UNPLANNED: lambda: unplanned(x_last),
     }
     if torchvision_name:
         peer = calibrate(getattr(torchvision.models, torchvision_name)())

@@ -22,6 +22,9 @@ Each record is one measured cell, a flat dict with `table` naming its table:
   without a peak.
 - `accelerator`: `family`, `dtype`, `contender`, `images_per_second`.
 - `conversion`: `convert_s`, `load_s`, `peak_mb`, `size_mb`.
+- `memory`: `family`, `batch`, `contender`, `steady_mb` (resident memory after the timed calls,
+  over that before the first) and `peak_mb` (the peak during the calls, over the same), each
+  contender in a fresh process.
 - `deploy`: `path`, `title`, `model`, `ms`, `ratio` (paired, to eager), `error`.
 
 Only the standard library here: rendering needs neither torch nor the frameworks.
@@ -64,10 +67,14 @@ FOLDED = "ours folded (public ops)"
 # `optimize_for_inference(compile=True)`: the public-ops copy compiled by Inductor with the C++
 # wrapper (`inference.COMPILE_OPTIONS`).
 OURS_COMPILED = "ours compiled (compile=True)"
+# The optimized copy with `keep_memory=False`: every activation from malloc afresh, as before
+# the copy kept its own (nn/memory.py). optimized / this is what keeping the memory buys.
+UNPLANNED = "ours optimized, memory not kept"
 # Ratios of contenders that took turns call by call: the median of the paired ratios.
 PAIRED = {
     "eager / torchvision": (EAGER, TORCHVISION),
     "optimized / folded": (OPTIMIZED, FOLDED),
+    "optimized / memory not kept": (OPTIMIZED, UNPLANNED),
     "ours compiled / optimized": (OURS_COMPILED, OPTIMIZED),
 }
 # Ratios of contenders that ran in blocks of their own: the ratio of their medians.

@@ -42,6 +42,7 @@ from benchmarks.records import (  # noqa: E402 (after the path)
     OURS_COMPILED,
     TIMM,
     TORCHVISION,
+    UNPLANNED,
     Results,
 )
 
@@ -161,6 +162,8 @@ INFERENCE = [
     ms(OURS_COMPILED),
     ratio("ours compiled / optimized"),
     ratio("ours compiled / onnxruntime"),
+    ms(UNPLANNED),
+    ratio("optimized / memory not kept"),
 ]
 # The README's "How fast": the headline columns at batch 1 and 8.
 README = [
@@ -179,6 +182,28 @@ TRAINING = [
     quantity("ours ms", "ours_ms"),
     quantity("torchvision ms", "torchvision_ms"),
     quantity("ours / torchvision", "ratio"),
+]
+
+
+def resident(contender: str, field: str, header: str) -> Column:
+    return Column(header, lambda row: row.get(field, contender=contender), significant)
+
+
+def _resident_ratio(row: Row) -> float | None:
+    ours, theirs = (row.get("steady_mb", contender=c) for c in (OPTIMIZED, ONNXRUNTIME))
+    return ours / theirs if ours and theirs else None
+
+
+MEMORY = [
+    key("family"),
+    key("batch"),
+    resident(OPTIMIZED, "steady_mb", "optimized steady MiB"),
+    resident(ONNXRUNTIME, "steady_mb", "onnxruntime steady MiB"),
+    Column("optimized / onnxruntime", _resident_ratio, two),
+    resident(UNPLANNED, "steady_mb", "memory not kept: steady MiB"),
+    resident(OPTIMIZED, "peak_mb", "optimized peak MiB"),
+    resident(ONNXRUNTIME, "peak_mb", "onnxruntime peak MiB"),
+    resident(UNPLANNED, "peak_mb", "memory not kept: peak MiB"),
 ]
 
 
@@ -306,6 +331,20 @@ def training_view(results: Results) -> list[str]:
     return [caption, *table(TRAINING, found)]
 
 
+def memory_view(results: Results) -> list[str]:
+    found = rows(results, "memory", ["family", "batch"])
+    if not found:
+        return []
+    caption = (
+        "Resident memory (benchmarks/footprint.py), each contender in a fresh process with "
+        f"glibc malloc {_malloc(results.header['settings'])}: steady = VmRSS after 10 calls "
+        "minus VmRSS once the model and input were ready (what a runtime holds between calls: "
+        "activations, packed kernels, its allocator's cache); peak = the peak during the calls "
+        "minus the same. Memory not kept: `optimize_for_inference(keep_memory=False)`."
+    )
+    return [caption, *table(MEMORY, found)]
+
+
 def limit_view(results: Results) -> list[str]:
     found = rows(results, "limit", ["family", "batch"])
     if not found:
@@ -356,7 +395,7 @@ def conversion_view(results: Results) -> list[str]:
 def results_view(results: Results) -> list[str]:
     """Everything a run measured: the markdown benchmarks/run.py writes."""
     lines = [*run_line(results), "", *inference_view(results)]
-    for view in (training_view, limit_view, accelerator_view, conversion_view):
+    for view in (training_view, memory_view, limit_view, accelerator_view, conversion_view):
         part = view(results)
         if part:
             lines += ["", *part] if lines[-1] else part  # a table ends with its blank line

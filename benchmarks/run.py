@@ -48,6 +48,9 @@ fraction of that peak our `optimize_for_inference` copy reaches at the largest b
 
 With a CUDA device (or `--accelerator DEVICE`), also images per second at a large batch in
 float32, float16 and bfloat16, channels-last and `torch.compile`d, ours against torchvision.
+Resident memory (`--memory-batches`, 8 and 32 by default): our optimized copy, with and
+without its kept activation memory, beside ONNX Runtime, each in a fresh process
+(benchmarks/footprint.py).
 Finally, converting an official-size file and loading its safetensors, with peak memory.
 
 `--tuned-malloc` runs the same with glibc keeping freed memory for reuse (written to
@@ -76,6 +79,7 @@ from benchmarks import (  # noqa: E402 (after the path)
     accelerator,
     contenders,
     conversion,
+    footprint,
     harness,
     peak,
     records,
@@ -163,6 +167,13 @@ def parser():
     parser.add_argument("--no-training", action="store_true", help="leave the training table out")
     parser.add_argument("--no-conversion", action="store_true")
     parser.add_argument(
+        "--memory-batches",
+        type=int,
+        nargs="*",
+        default=[8, 32],
+        help="the batches of the resident-memory table (none: leave it out)",
+    )
+    parser.add_argument(
         "--tuned-malloc",
         action="store_true",
         help="run with glibc keeping freed memory ("
@@ -232,6 +243,15 @@ def main(argv=None):
                         else f"{r['ratio']} {r['value']:.2f}"
                         for r in found
                     ),
+                    flush=True,
+                )
+        for family in args.families:
+            for batch in args.memory_batches:
+                found = footprint.memory_records(family, batch, Path(tmp) / "memory", args.threads)
+                results.records += found
+                print(
+                    f"{family:20s} batch {batch:3d}  resident MiB "
+                    + "  ".join(f"{r['contender']} {r['steady_mb']:.0f}" for r in found),
                     flush=True,
                 )
         if not args.no_conversion:

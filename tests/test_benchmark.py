@@ -80,6 +80,8 @@ def test_benchmark_script_writes_every_table(tmp_path):
             "float32",
             "bfloat16",
             "--no-compile",
+            "--memory-batches",
+            "2",
             "--tuned-malloc",
             "--out",
             str(out),
@@ -117,6 +119,8 @@ def test_benchmark_script_writes_every_table(tmp_path):
         assert_ratio(row["optimized / onnxruntime"], row["ours optimized"], row["onnxruntime"])
         assert float(row["ours folded (public ops)"]) > 0
         assert 0 < float(row["optimized / folded"]) < 10  # paired, so not the ratio of medians
+        assert float(row["ours optimized, memory not kept"]) > 0
+        assert 0 < float(row["optimized / memory not kept"]) < 10
         # the exports compute what the eager model does, as the optimized copy does
         for column in ("optimized error", "onnxruntime error", "openvino error"):
             assert float(row[column]) < 1e-4, column
@@ -135,6 +139,16 @@ def test_benchmark_script_writes_every_table(tmp_path):
     assert [(row["family"], row["batch"]) for row in training] == [("mobilenet_v3_small", "2")]
     assert float(training[0]["ours ms"]) > 0 and float(training[0]["torchvision ms"]) > 0
     assert 0 < float(training[0]["ours / torchvision"]) < 10
+
+    memory = {row["family"]: row for row in table(text, "onnxruntime steady MiB")}
+    assert set(memory) == {"mobilenet_v3_small", "mobilenet"} and "VmRSS after 10 calls" in text
+    for row in memory.values():
+        assert row["batch"] == "2"
+        for column in ("optimized peak MiB", "onnxruntime peak MiB", "memory not kept: peak MiB"):
+            assert float(row[column]) > 0, column
+        ours, theirs = float(row["optimized steady MiB"]), float(row["onnxruntime steady MiB"])
+        assert ours > 0 and theirs > 0
+        assert abs(float(row["optimized / onnxruntime"]) - ours / theirs) <= 0.02 * ours / theirs
 
     limit = {row["family"]: row for row in table(text, "MMACs per image")}
     assert set(limit) == {"mobilenet_v3_small", "mobilenet"}

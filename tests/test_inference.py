@@ -24,7 +24,7 @@ from helpers import (
 )
 
 import torch_mobilenets as tm
-from torch_mobilenets.nn import inference
+from torch_mobilenets.nn import graph, inference, memory
 from torch_mobilenets.nn.inference import FoldedAway, FusedConv2d
 from torch_mobilenets.nn.layers import Conv2d, HardSigmoid, HardSwish, ReLU, ReLU6
 
@@ -251,21 +251,32 @@ def small_model():
     return trained_like(model, size=128)
 
 
-# The module's handles on oneDNN's private ops, which FusedConv2d calls through.
-PRIVATE_OPS = (
-    "_CONVOLUTION_POINTWISE",
-    "_REORDER_CONVOLUTION_WEIGHT",
-    "_LINEAR_POINTWISE",
-    "_REORDER_LINEAR_WEIGHT",
-)
+# The module's handles on oneDNN's private ops, which FusedConv2d calls through, and the ops'
+# names as torch.ops.mkldnn spells them.
+PRIVATE_OPS = {
+    "_CONVOLUTION_POINTWISE": "_convolution_pointwise",
+    "_REORDER_CONVOLUTION_WEIGHT": "_reorder_convolution_weight",
+    "_LINEAR_POINTWISE": "_linear_pointwise",
+    "_REORDER_LINEAR_WEIGHT": "_reorder_linear_weight",
+    "_CONVOLUTION_POINTWISE_INTO": "_convolution_pointwise_.binary",  # planned outputs only
+}
+
+
+@pytest.fixture
+def plan_everything(monkeypatch):
+    """Every output of the copy's convolutions planned, however small and whether or not its
+    layer faulted (by default only those of 4 MiB and more whose layers fault are), so that
+    small models take the planned path from their third call."""
+    monkeypatch.setattr(memory, "PLANNED_MIN_BYTES", 0)
+    monkeypatch.setattr(memory, "FAULTED_SHARE", 0)
 
 
 def spy_on_private_ops(monkeypatch, failing=None):
     """Each call of a private op recorded (its name, as torch.ops.mkldnn spells it) in the list
     returned; the op named `failing` raises instead of running."""
     calls: list[str] = []  # list.append: safe from several threads
-    for handle in PRIVATE_OPS:
-        name, op = handle.lower(), getattr(inference, handle)
+    for handle, name in PRIVATE_OPS.items():
+        op = getattr(inference, handle)
 
         def spy(*args, _name=name, _op=op):
             calls.append(_name)
@@ -283,10 +294,12 @@ def assert_close_to(got, expected, case=""):
 
 
 @needs_onednn
-def test_one_copy_serves_several_threads_at_once(monkeypatch):
-    """Four threads on one copy, with more input shapes than a layer keeps packed kernels for,
-    so that they evict each other's: every output the eager one's. And on a fresh copy, four
-    threads wanting the same shape at once: each layer packs its kernel once."""
+def test_one_copy_serves_several_threads_at_once(monkeypatch, plan_everything):
+    """Four threads on one copy, with more input shapes than a layer keeps packed kernels for
+    and the model keeps memory plans for, so that they evict each other's, and each thread
+    writing its planned outputs into its own memory: every output the eager one's. And on a
+    fresh copy, four threads wanting the same shape at once: each layer packs its kernel
+    once."""
     model = small_model()
     shapes = [(4, 128, 128), (1, 96, 96), (2, 112, 128), (1, 97, 113), (2, 128, 96), (3, 100, 100)]
     assert len(shapes) > FusedConv2d.PACKED_SHAPES
@@ -318,19 +331,22 @@ def test_one_copy_serves_several_threads_at_once(monkeypatch):
     assert all(len(m._packed) <= FusedConv2d.PACKED_SHAPES for m in fused)
     assert fused[0]._fallback.reason is None
     assert {"_convolution_pointwise", "_linear_pointwise"} <= set(calls)
+    assert len(fast._memory) == memory.MemoryPlans.SHAPES  # the most recent shapes' plans
 
     fresh = tm.optimize_for_inference(model)
     calls.clear()
     barrier = threading.Barrier(threads)
     with ThreadPoolExecutor(threads) as pool:
         results = [
-            r for f in [pool.submit(run, fresh, [0], 1) for _ in range(threads)] for r in f.result()
+            r for f in [pool.submit(run, fresh, [0], 4) for _ in range(threads)] for r in f.result()
         ]
     for k, got in results:
         assert_close_to(got, expected[k], case="the same shape")
     packs = sum(1 for c in calls if c.startswith("_reorder"))
     kept = sum(len(m._packed) for m in fresh.modules() if isinstance(m, FusedConv2d))
     assert packs == kept > 10, (packs, kept)
+    # from the third call the planned outputs, each thread's own memory (the results above)
+    assert "_convolution_pointwise_.binary" in calls
 
 
 @needs_onednn
@@ -350,26 +366,29 @@ def test_onednn_disabled_runs_the_public_ops(monkeypatch):
             off = fast(x)
         assert calls == []
         on = fast(x)
-    assert set(calls) == {handle.lower() for handle in PRIVATE_OPS}
+    # (planned outputs are 4 MiB and more: none here)
+    assert set(calls) == set(PRIVATE_OPS.values()) - {"_convolution_pointwise_.binary"}
     assert_close_to(off, expected, "disabled")
     assert_close_to(on, expected, "enabled")
 
 
 @needs_onednn
 @pytest.mark.parametrize("handle", PRIVATE_OPS)
-def test_a_failing_private_op_falls_back_to_public_ops(handle, monkeypatch):
+def test_a_failing_private_op_falls_back_to_public_ops(handle, monkeypatch, plan_everything):
     """A private op that raises: the call still returns the eager output, through the public
-    ops, with one warning naming the op; the copy keeps to the public ops from then on."""
+    ops, with one warning naming the op; the copy keeps to the public ops from then on. (The
+    second call is the first with planned outputs.)"""
     model = small_model()
     x = model_images(model, 4, 128, 128, seed=2)
-    op = handle.lower()
+    op = PRIVATE_OPS[handle]
     fast = tm.optimize_for_inference(model)
     calls = spy_on_private_ops(monkeypatch, failing=op)
     with torch.no_grad():
         expected = model(x)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            outputs = [fast(x), fast(x.contiguous(memory_format=torch.channels_last))]
+            outputs = [fast(x) for _ in range(3)]
+            outputs.append(fast(x.contiguous(memory_format=torch.channels_last)))
     assert_sensitive(expected)
     for got in outputs:
         assert_close_to(got, expected, op)
@@ -382,11 +401,15 @@ def test_a_failing_private_op_falls_back_to_public_ops(handle, monkeypatch):
     assert {id(m._fallback) for m in fused} == {id(fused[0]._fallback)}  # one for the copy
     assert fused[0]._fallback.reason is not None
     monkeypatch.undo()  # the op works again: the copy keeps to the public ops, a new one not
+    monkeypatch.setattr(memory, "PLANNED_MIN_BYTES", 0)
+    monkeypatch.setattr(memory, "FAULTED_SHARE", 0)
     calls = spy_on_private_ops(monkeypatch)
     with torch.no_grad():
         assert_close_to(fast(x), expected, "after")
         assert calls == []
-        assert_close_to(tm.optimize_for_inference(model)(x), expected, "a new copy")
+        new = tm.optimize_for_inference(model)
+        for _ in range(3):
+            assert_close_to(new(x), expected, "a new copy")
     assert op in calls
 
 
@@ -535,3 +558,198 @@ def test_bfloat16_inference_on_the_cpu_against_float32(builder, kwargs):
         agree = (got.float().argmax(1) == expected.argmax(1)).float().mean().item()
         print(f"{builder.__name__} {name}: error {error:.3g}, top-1 {agree:.0%}, {distance:.3g}")
         assert error <= BF16_TOLERANCE, f"{name}: relative error {error:.3g}"
+
+
+# The memory plan: the large outputs of the copy's convolutions written into memory kept
+# between calls (nn/memory.py).
+
+
+def graphs_of(model):
+    return [m for m in model.modules() if isinstance(m, graph.KerasModel)]
+
+
+def test_buffers_are_shared_only_by_outputs_whose_lifetimes_do_not_overlap():
+    def output(elements):
+        return memory.Output((elements,), (1,))
+
+    lifetimes = {
+        0: memory.Lifetime(0, 1, output(10)),
+        1: memory.Lifetime(1, 2, output(5)),  # read while 0 is: its own buffer
+        2: memory.Lifetime(2, 3, output(8)),  # 0's buffer, free and large enough
+        3: memory.Lifetime(3, 3, output(20)),  # 1's, grown (2's is in use)
+    }
+    sizes, buffer_of = memory.assign_buffers(lifetimes)
+    assert buffer_of == {0: 0, 1: 1, 2: 0, 3: 1}
+    assert sizes == [10, 20]
+    plan = memory.MemoryPlan(lifetimes, calls=5)
+    assert not plan.counting
+    first, second = plan.take(), plan.take()  # two calls at once: separate memory
+    assert first[4] is None and first[0].shape == (10,)
+    assert first[0].data_ptr() == first[2].data_ptr() != second[0].data_ptr()
+    plan.give_back(first)
+    assert plan.take() is first  # kept for the next call
+
+
+@needs_onednn
+@pytest.mark.parametrize(
+    "builder,kwargs",
+    [
+        (tm.MobileNet, dict(alpha=0.25, include_top=False, pooling="avg")),
+        # the output an in-place activation of a convolution's: never planned
+        (tm.MobileNetV3Small, dict(include_top=False, alpha=0.75)),
+        (tm.MobileNetV2, dict(alpha=0.35, classifier_activation=None, input_shape=(3, 96, 96))),
+    ],
+)
+def test_planned_outputs_are_reused_and_never_returned(builder, kwargs, plan_everything):
+    """From the second call with a shape, the convolutions write into the same memory each
+    call, and what forward (or forward_layers) returns is never that memory: the results of
+    earlier calls survive later ones."""
+    model = trained_like(builder(weights=None, **kwargs), size=96)
+    fast = tm.optimize_for_inference(model)
+    # channels-last, as the copy is best called: the graph's last output is then no copy
+    first, second = (
+        model_images(model, 3, 96, 96, seed=k).contiguous(memory_format=torch.channels_last)
+        for k in (1, 2)
+    )
+    fused = [m for m in fast.modules() if isinstance(m, FusedConv2d)]
+    addresses: list = []
+    hook = fused[len(fused) // 2].register_forward_hook(
+        lambda module, args, out: addresses.append(out.data_ptr())
+    )
+    name = fast.feature_layers()[1]
+    with torch.no_grad():
+        expected = [model(first), model(second)]
+        layer_expected = model.forward_layers(first, [name])[name]
+        assert_sensitive(expected[0], expected[1])
+        outputs = [fast(first), fast(first), fast(second), fast(first)]
+        kept = fast.forward_layers(first, [name])[name]
+        kept_copy = kept.clone()
+        for _ in range(3):
+            fast.forward_layers(second, [name])
+    hook.remove()
+    assert len(set(addresses[2:4])) == 1 and addresses[1] != addresses[2]  # planned from call 3
+    for got, want in zip(outputs, [expected[0], expected[0], expected[1], expected[0]]):
+        assert_close_to(got, want)
+    assert len({o.data_ptr() for o in outputs}) == len(outputs)  # each result its own memory
+    assert torch.equal(kept, kept_copy)  # a layer's output asked for is never planned either
+    assert_close_to(kept, layer_expected, "forward_layers")
+    plans = fast._memory._plans
+    assert any(plan.outputs for plan in plans.values())
+
+
+@needs_onednn
+def test_memory_plans_are_kept_for_the_last_shapes_only(plan_everything):
+    model = small_model()
+    fast = tm.optimize_for_inference(model)
+    shapes = [(2, 96, 96), (1, 128, 128), (2, 64, 80)]
+    assert len(shapes) > memory.MemoryPlans.SHAPES
+    with torch.no_grad():
+        for shape in shapes:
+            for _ in range(3):
+                assert_close_to(
+                    fast(model_images(model, *shape)), model(model_images(model, *shape))
+                )
+    kept_shapes = [key[1] for key in fast._memory._plans]
+    assert kept_shapes == [(1, 3, 128, 128), (2, 3, 64, 80)]  # the oldest released
+    one_arena = sum(plan.nbytes for plan in fast._memory._plans.values())
+    assert fast._memory.nbytes() == one_arena > 0  # one idle arena a shape, no more
+
+
+@needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch's own, the flags'
+def test_memory_is_planned_only_where_the_copy_writes_in_place(plan_everything):
+    """Autograd, another dtype and oneDNN switched off keep the plain path: no plan is made
+    under autograd, and where oneDNN does not apply, a planned output is not used."""
+    model = small_model()
+    x = model_images(model, 2, 96, 96, seed=3)
+    fast = tm.optimize_for_inference(model)
+    with torch.no_grad():
+        expected = model(x)
+    assert_close_to(fast(x.clone().requires_grad_()), expected, "autograd")
+    assert len(fast._memory) == 0  # no plan under autograd
+    with torch.no_grad():
+        fast(x), fast(x), fast(x)
+        [plan] = fast._memory._plans.values()
+        assert plan.outputs
+        with torch.backends.mkldnn.flags(enabled=False):
+            off = fast(x)
+        double = copy.deepcopy(fast).double()
+        for _ in range(3):
+            got = double(x.double())
+    assert_close_to(off, expected, "oneDNN disabled")
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected.double(), rtol=1e-4, atol=1e-5)
+    assert [p.outputs for p in double._memory._plans.values()] == [{}]  # nothing to plan
+
+
+@needs_onednn
+def test_planned_copy_runs_under_inference_mode_and_no_grad_alternately(plan_everything):
+    """The planned memory is made of normal tensors, so that a call under no_grad may write
+    where one under inference_mode did, and the other way round."""
+    model = small_model()
+    x = model_images(model, 2, 96, 96, seed=4)
+    fast = tm.optimize_for_inference(model)
+    with torch.no_grad():
+        expected = model(x)
+    for mode in ("inference_mode", "no_grad", "inference_mode", "no_grad"):
+        with MODES[mode]():
+            assert_close_to(fast(x), expected, mode)
+    [plan] = fast._memory._plans.values()
+    assert not any(t.is_inference() for t in plan._idle[0] if t is not None)
+
+
+@needs_onednn
+def test_nested_graphs_plan_their_own_memory(plan_everything):
+    """A user's model with the base nested in it: each graph keeps its own plans."""
+    base = tm.MobileNetV2(weights=None, alpha=0.35, include_top=False, input_shape=(3, 96, 96))
+    outer = graph.KerasModel("outer", (3, 96, 96), {})
+    x = outer.input()
+    x = outer.add(base.name, base, x)
+    outer.feature_layer = base.name
+    model = trained_like(outer, size=96)
+    fast = tm.optimize_for_inference(model)
+    images = model_images(base, 2, 96, 96, seed=5)
+    with torch.no_grad():
+        expected = model(images)
+        for _ in range(3):
+            assert_close_to(fast(images), expected)
+    inner = graphs_of(fast)[1]
+    assert inner is not fast and any(plan.outputs for plan in inner._memory._plans.values())
+
+
+@needs_onednn
+def test_planned_copy_can_be_copied_and_pickled(plan_everything):
+    model = small_model()
+    x = model_images(model, 2, 96, 96, seed=6)
+    fast = tm.optimize_for_inference(model)
+    with torch.no_grad():
+        expected = fast(x), fast(x), fast(x)
+        again = pickle.loads(pickle.dumps(copy.deepcopy(fast)))
+        assert len(again._memory) == 0 < len(fast._memory)  # plans are made again, not copied
+        for got, want in zip([again(x) for _ in range(3)], expected):  # the same paths
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_only_outputs_whose_layers_fault_are_planned(monkeypatch):
+    """The first call records the candidates, the second counts their layers' page faults, the
+    plan takes those that faulted on a quarter of their pages or more (here: counts made up,
+    as glibc's choice between fresh and reused pages is its own)."""
+    model = small_model()
+    x = model_images(model, 2, 96, 96, seed=7)
+    monkeypatch.setattr(memory, "PLANNED_MIN_BYTES", 0)
+    fast = tm.optimize_for_inference(model)
+    with torch.no_grad():
+        fast(x)
+        [counting] = fast._memory._plans.values()
+        assert counting.counting and not counting.outputs and len(counting.lifetimes) > 10
+        candidates = sorted(counting.lifetimes)
+        pages = {k: 4 * counting.lifetimes[k].output.elements() / memory.PAGE for k in candidates}
+        made_up = {k: (pages[k] / 4 if k in candidates[:3] else pages[k] / 5) for k in candidates}
+        ticks = iter([n for k in candidates for n in (0, made_up[k])])
+        monkeypatch.setattr(graph, "minor_faults", lambda: next(ticks))
+        fast(x)
+        monkeypatch.undo()
+        [plan] = fast._memory._plans.values()
+        assert not plan.counting and sorted(plan.outputs) == candidates[:3]
+        expected = model(x)
+        assert_close_to(fast(x), expected)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .layers import FRESH_OUTPUT, ZeroPadding2D, capturing_graph
+from .memory import Lifetime, MemoryPlan, MemoryPlans, Output, minor_faults
 
 
 class KerasTensor(NamedTuple):
@@ -64,6 +65,9 @@ class KerasModel(nn.Module):
         self._graph: list[tuple[str, tuple[int, ...]]] = []
         # (keep, last node, start node, overwrite, own input) -> _Program, made on first use
         self._programs: dict | None = None
+        # The activation memory kept between calls, by program and input shape; None: none is
+        # kept (see `keep_activation_memory`).
+        self._memory: MemoryPlans | None = None
         # The last layer of the body: what the top (or pooling) reads. Set by the builders.
         self.feature_layer: str = ""
         # The nodes whose outputs `forward` returns, when there are several (a tuple, in Keras'
@@ -101,6 +105,14 @@ class KerasModel(nn.Module):
                 f"layer {keras_name!r} would output shape {shape}: the input is too small"
             )
         return KerasTensor(len(self._graph), shape)
+
+    def keep_activation_memory(self) -> None:
+        """Keep the memory of the large activations between calls without gradients, for each
+        input shape (the last few), instead of taking it from malloc afresh on every call
+        (`memory.MemoryPlan`). Only layers that can write into a given tensor (`writes_into`,
+        the inference copy's FusedConv2d) use it; `optimize_for_inference` turns it on."""
+        if self._memory is None:
+            self._memory = MemoryPlans()
 
     def _layer(self, name: str) -> Any:
         """The layer registered under `name`, typed loosely: our layers add Keras' methods."""
@@ -344,18 +356,57 @@ class KerasModel(nn.Module):
         program = programs.get(key)
         if program is None:
             program = programs[key] = _program(self, *key)
+        # The kept activation memory: an arena of this input shape's plan; at the first call
+        # with it, the outputs to plan for; at the second, their layers' page faults.
+        plan: MemoryPlan | None = None
+        arena: list | None = None
+        record: dict[int, Output] | None = None
+        counting: dict[int, int] = {}  # call -> its faults, for the candidates being counted
+        count = minor_faults
+        memory = self._memory if overwrite else None  # in-place writes, so no gradients
+        if memory is not None:
+            plan_key = (key, tuple(x.shape), x.stride(), x.dtype, x.device)
+            plan = memory.get(plan_key)
+            if plan is None:
+                record = {}
+            elif plan.counting:
+                counting = dict.fromkeys(plan.lifetimes, 0)
+            elif plan.outputs:
+                arena = plan.take()
         values, modules = {start_node: x}, self._modules
-        for call in program.calls:
-            layer: Any = modules[call.name]
-            args = [values[i] for i in call.inputs]
-            if call.how is How.INPLACE:
-                values[call.node] = layer.forward_inplace(*args)
-            elif call.how is How.PADDED:
-                values[call.node] = layer(args[0], pad=call.pad)
-            else:
-                values[call.node] = layer(*args)
-            for i in call.released:  # drop activations nothing reads again
-                del values[i]
+        try:
+            for k, call in enumerate(program.calls):
+                layer: Any = modules[call.name]
+                args = [values[i] for i in call.inputs]
+                counted = k in counting
+                if counted:
+                    before = count()
+                if call.how is How.INPLACE:
+                    values[call.node] = layer.forward_inplace(*args)
+                elif arena is not None and arena[k] is not None:
+                    values[call.node] = layer(args[0], pad=call.pad, out=arena[k])
+                elif call.how is How.PADDED:
+                    values[call.node] = layer(args[0], pad=call.pad)
+                else:
+                    values[call.node] = layer(*args)
+                if counted:
+                    counting[k] = count() - before
+                if (
+                    record is not None
+                    and call.how is not How.INPLACE
+                    and getattr(layer, "writes_into", False)
+                    and (output := Output.of(values[call.node]))
+                ):
+                    record[k] = output
+                for i in call.released:  # drop activations nothing reads again
+                    del values[i]
+        finally:
+            if arena is not None and plan is not None:
+                plan.give_back(arena)
+        if memory is not None and record is not None:  # even empty: not recorded again
+            memory.put(plan_key, _memory_plan(self, program, start_node, record))
+        elif memory is not None and counting and plan is not None:
+            memory.put(plan_key, plan.faulted(counting))
         out = values[program.output]
         kept = {name: values[node] for name, node in program.kept.items()}
         if relayout:
@@ -372,6 +423,7 @@ class KerasModel(nn.Module):
             ("inference_layers", ()),
         ):
             state.setdefault(name, default)  # a model pickled before they were kept
+        state.setdefault("_memory", None)
         super().__setstate__({**state, "_programs": None})
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -538,6 +590,34 @@ class _Program(NamedTuple):
     calls: list
     output: int  # the node whose value is the result
     kept: dict  # name -> node, for the layers asked for
+
+
+def _memory_plan(
+    model: KerasModel, program: _Program, start_node: int, outputs: dict[int, Output]
+) -> MemoryPlan:
+    """The plan for the recorded `outputs` (call index -> output) of `program`: each output's
+    lifetime runs to the last read of any value that may share its memory (the outputs of
+    in-place calls, of views, of any layer not known to return fresh memory), and outputs
+    sharing memory with what the program returns are left out."""
+    shared: dict[int, frozenset] = {start_node: frozenset({start_node})}  # node -> its memories
+    last_read: dict[int, int] = {}
+    for k, call in enumerate(program.calls):
+        for i in call.inputs:
+            for memory in shared[i]:
+                last_read[memory] = k
+        if call.how is How.INPLACE:
+            shared[call.node] = shared[call.inputs[0]]
+        elif isinstance(model._layer(call.name), FRESH_OUTPUT):
+            shared[call.node] = frozenset({call.node})
+        else:
+            shared[call.node] = frozenset({call.node}).union(*(shared[i] for i in call.inputs))
+    returned = frozenset().union(*(shared[n] for n in (program.output, *program.kept.values())))
+    lifetimes = {
+        k: Lifetime(k, last_read.get(program.calls[k].node, k), output)
+        for k, output in outputs.items()
+        if program.calls[k].node not in returned
+    }
+    return MemoryPlan(lifetimes, len(program.calls), counting=True)
 
 
 def _program(
