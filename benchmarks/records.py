@@ -16,7 +16,11 @@ Each record is one measured cell, a flat dict with `table` naming its table:
   |difference| / max(1, max |ours eager|), null where not checked); or, instead of `contender`,
   `ratio` (a name from PAIRED or OF_MEDIANS), `value` and `how` ("paired": the median of the
   ratios of calls that took turns; "of medians").
-- `training`: `family`, `batch`, `ours_ms`, `torchvision_ms`, `ratio` (paired).
+- `training`: `family`, `batch`, `ours_ms`, `torchvision_ms`, `ratio` (paired, ours /
+  torchvision); under `torch.compile`: `ours_compiled_ms`, `torchvision_compiled_ms`,
+  `compiled_ratio` (paired, ours compiled / ours eager), `compiled_torchvision_ratio` (paired,
+  ours compiled / torchvision compiled), `ours_compile_s` and `torchvision_compile_s`; null
+  (or absent, in older runs) where not measured, torchvision's for V1.
 - `limit`: `family`, `batch` (the largest timed), `macs` per image, `peak_ms` (ms per image at
   the peak) and `fraction` (of the peak reached by the optimized copy), the last two null
   without a peak.

@@ -182,6 +182,12 @@ TRAINING = [
     quantity("ours ms", "ours_ms"),
     quantity("torchvision ms", "torchvision_ms"),
     quantity("ours / torchvision", "ratio"),
+    quantity("ours compiled ms", "ours_compiled_ms"),
+    quantity("torchvision compiled ms", "torchvision_compiled_ms"),
+    quantity("ours compiled / ours", "compiled_ratio"),
+    quantity("ours compiled / torchvision compiled", "compiled_torchvision_ratio"),
+    quantity("ours compile s", "ours_compile_s", lambda v: f"{v:.0f}"),
+    quantity("torchvision compile s", "torchvision_compile_s", lambda v: f"{v:.0f}"),
 ]
 
 
@@ -324,9 +330,11 @@ def training_view(results: Results) -> list[str]:
     caption = (
         "Training: one step (cross-entropy, backward, SGD lr 1e-3) in train mode, batch "
         f"{settings['train_batch']}, 224x224, fp32 CPU, ours against torchvision's same "
-        f"architecture; median ms per step over {settings['training_steps']} steps each after "
-        f"{settings['training_warmup']} warm-up steps, the two taking turns with the order "
-        "alternating; ours / torchvision is the median of the paired ratios."
+        f"architecture (none for V1), eager and `torch.compile`d (Inductor, default mode); "
+        f"median ms per step over {settings['training_steps']} steps each after "
+        f"{settings['training_warmup']} warm-up steps, all contenders taking turns with the "
+        "order alternating; every ratio is the median of the paired ratios. Compile s: the "
+        "first two compiled steps less two median steps (forward and backward compiled)."
     )
     return [caption, *table(TRAINING, found)]
 

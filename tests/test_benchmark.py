@@ -136,9 +136,16 @@ def test_benchmark_script_writes_every_table(tmp_path):
             assert 0 < float(row["eager / torchvision"]) < 10
 
     training = table(text, "torchvision ms")
-    assert [(row["family"], row["batch"]) for row in training] == [("mobilenet_v3_small", "2")]
-    assert float(training[0]["ours ms"]) > 0 and float(training[0]["torchvision ms"]) > 0
-    assert 0 < float(training[0]["ours / torchvision"]) < 10
+    assert [(row["family"], row["batch"]) for row in training] == [
+        ("mobilenet_v3_small", "2"),
+        ("mobilenet", "2"),
+    ]
+    v3, v1 = training
+    assert float(v3["ours ms"]) > 0 and float(v3["torchvision ms"]) > 0
+    assert 0 < float(v3["ours / torchvision"]) < 10
+    assert float(v1["ours ms"]) > 0 and v1["torchvision ms"] == v1["ours / torchvision"] == "-"
+    compiled = [c for c in v3 if "compile" in c]  # left out by --no-compile-cpu
+    assert len(compiled) == 6 and all(row[c] == "-" for row in training for c in compiled)
 
     memory = {row["family"]: row for row in table(text, "onnxruntime steady MiB")}
     assert set(memory) == {"mobilenet_v3_small", "mobilenet"} and "VmRSS after 10 calls" in text
@@ -324,3 +331,28 @@ def test_nothing_in_benchmarks_imports_the_tests():
         text = source.read_text()
         assert not re.search(r"^\s*(from|import)\s+(tests|helpers|conftest)\b", text, re.M), source
         assert '"tests"' not in text and "'tests'" not in text, source
+
+
+def test_the_training_table_times_compiled_steps(monkeypatch):
+    """The compiled contenders of the training table, with Dynamo's eager backend standing in
+    for Inductor (whose compiles take minutes): every field filled where torchvision has the
+    family, and the paired ratios are ratios of those steps."""
+    from benchmarks import training
+
+    compiles, compile = [], torch.compile
+
+    def compile_eagerly(model):
+        compiles.append(model)
+        return compile(model, backend="eager")
+
+    monkeypatch.setattr(training.torch, "compile", compile_eagerly)
+    torch._dynamo.reset()
+    (record,) = training.training_records(["mobilenet_v3_small"], 2, 2, 1, compiled=True)
+    assert len(compiles) == 2  # ours and torchvision's
+    for field in ("ours_ms", "torchvision_ms", "ours_compiled_ms", "torchvision_compiled_ms"):
+        assert record[field] > 0, field
+    for field in ("ours_compile_s", "torchvision_compile_s"):
+        assert record[field] >= 0, field
+    for field in ("ratio", "compiled_ratio", "compiled_torchvision_ratio"):
+        assert 0 < record[field] < 10, field
+    assert record["compiled_ratio"] != record["ratio"]

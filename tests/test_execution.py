@@ -178,10 +178,15 @@ def test_no_padded_copy_of_an_activation(builder, size, spatial):
     padded = [e.input_shapes[0] for e in trace.events() if e.name == "aten::constant_pad_nd"]
     assert padded, "the stride-2 layers were expected to grow their kernels"
     assert all(shape[0] != 5 for shape in padded), padded
+    # Of feature maps: oneDNN may copy the output of a convolution on a 1x1 map (the heads'
+    # pooled features) into the layout asked for; it did on one of this project's machines.
     copies = [
         e.input_shapes[0]
         for e in trace.events()
-        if e.name == "aten::copy_" and e.input_shapes[0][:1] == [5] and len(e.input_shapes[0]) == 4
+        if e.name == "aten::copy_"
+        and e.input_shapes[0][:1] == [5]
+        and len(e.input_shapes[0]) == 4
+        and e.input_shapes[0][2:] != [1, 1]
     ]
     assert copies == [[5, 3, *spatial]], "one copy only: the input, made channels-last"
 

@@ -568,24 +568,51 @@ def graphs_of(model):
     return [m for m in model.modules() if isinstance(m, graph.KerasModel)]
 
 
+def test_lifetimes_run_to_the_last_read_of_any_value_sharing_the_memory():
+    """From the graph's facts (which calls write into their input, which layers give fresh
+    memory): an output's lifetime runs through the readers of in-place calls and views of it,
+    and one whose memory the caller gets is not planned."""
+    fresh, into, shared = (
+        memory.OutputMemory.FRESH,
+        memory.OutputMemory.INPUT,
+        memory.OutputMemory.SHARED,
+    )
+    calls = [
+        memory.CallMemory(1, (0,), fresh),  # 0: the candidate
+        memory.CallMemory(2, (1,), into),  # 1: its activation, in place
+        memory.CallMemory(3, (2,), shared),  # 2: a view of that
+        memory.CallMemory(4, (3,), fresh),  # 3: the last read of the candidate's memory
+        memory.CallMemory(5, (4,), fresh),  # 4: a candidate whose memory is returned
+        memory.CallMemory(6, (5,), into),  # 5: the output, in 4's memory
+    ]
+    outputs = {k: memory.Output((8,), (1,), torch.float32) for k in (0, 4)}
+    assert memory.lifetimes_of(calls, 0, [6], outputs) == {0: memory.Lifetime(0, 3, outputs[0])}
+    # what a layer not known to be fresh gives may be its input's memory, returned too
+    calls[3] = calls[3]._replace(output=shared)
+    calls[4] = calls[4]._replace(output=shared)
+    assert memory.lifetimes_of(calls, 0, [6], outputs) == {}
+
+
 def test_buffers_are_shared_only_by_outputs_whose_lifetimes_do_not_overlap():
-    def output(elements):
-        return memory.Output((elements,), (1,))
+    def output(elements, dtype=torch.float32):
+        return memory.Output((elements,), (1,), dtype)
 
     lifetimes = {
         0: memory.Lifetime(0, 1, output(10)),
         1: memory.Lifetime(1, 2, output(5)),  # read while 0 is: its own buffer
         2: memory.Lifetime(2, 3, output(8)),  # 0's buffer, free and large enough
-        3: memory.Lifetime(3, 3, output(20)),  # 1's, grown (2's is in use)
+        3: memory.Lifetime(3, 3, output(10, torch.float64)),  # 1's, grown (2's is in use)
     }
     sizes, buffer_of = memory.assign_buffers(lifetimes)
     assert buffer_of == {0: 0, 1: 1, 2: 0, 3: 1}
-    assert sizes == [10, 20]
+    assert sizes == [40, 80]  # in bytes, each output's own element size
     plan = memory.MemoryPlan(lifetimes, calls=5)
-    assert not plan.counting
+    assert not plan.counting and plan.nbytes == 120
     first, second = plan.take(), plan.take()  # two calls at once: separate memory
     assert first[4] is None and first[0].shape == (10,)
+    assert first[0].dtype == torch.float32 and first[3].dtype == torch.float64
     assert first[0].data_ptr() == first[2].data_ptr() != second[0].data_ptr()
+    assert first[1].data_ptr() == first[3].data_ptr()
     plan.give_back(first)
     assert plan.take() is first  # kept for the next call
 
@@ -743,7 +770,7 @@ def test_only_outputs_whose_layers_fault_are_planned(monkeypatch):
         [counting] = fast._memory._plans.values()
         assert counting.counting and not counting.outputs and len(counting.lifetimes) > 10
         candidates = sorted(counting.lifetimes)
-        pages = {k: 4 * counting.lifetimes[k].output.elements() / memory.PAGE for k in candidates}
+        pages = {k: counting.lifetimes[k].output.nbytes() / memory.PAGE for k in candidates}
         made_up = {k: (pages[k] / 4 if k in candidates[:3] else pages[k] / 5) for k in candidates}
         ticks = iter([n for k in candidates for n in (0, made_up[k])])
         monkeypatch.setattr(graph, "minor_faults", lambda: next(ticks))

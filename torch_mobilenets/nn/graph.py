@@ -26,8 +26,16 @@ from typing import Any, NamedTuple, Protocol
 import torch
 from torch import nn
 
-from .layers import FRESH_OUTPUT, ZeroPadding2D, capturing_graph
-from .memory import Lifetime, MemoryPlan, MemoryPlans, Output, minor_faults
+from .layers import FRESH_OUTPUT, ZeroPadding2D, capturing_graph, compiling_for_speed
+from .memory import (
+    CallMemory,
+    MemoryPlan,
+    MemoryPlans,
+    Output,
+    OutputMemory,
+    lifetimes_of,
+    minor_faults,
+)
 
 
 class KerasTensor(NamedTuple):
@@ -335,12 +343,12 @@ class KerasModel(nn.Module):
         eager = not capturing_graph()
         # in-place layer calls, also only without gradients;
         overwrite = eager and not torch.is_grad_enabled()
-        # and on the CPU, running the graph channels-last: oneDNN convolutions then neither
-        # reorder their input nor allocate for it: 1.15x faster at batch 1, up to 3x at 32.
-        # The copy of `x` this takes is ours, so the first layer may write into it; outputs
-        # go back to the caller's layout.
+        # and on the CPU, running the graph channels-last, under torch.compile too (not in an
+        # export): oneDNN convolutions then neither reorder their input nor allocate for it:
+        # 1.15x faster at batch 1, up to 3x at 32. The copy of `x` this takes is ours, so the
+        # first layer may write into it; outputs go back to the caller's layout.
         relayout = (
-            eager
+            (eager or compiling_for_speed())
             and x.device.type == "cpu"
             and x.dim() == 4
             and not x.is_contiguous(memory_format=torch.channels_last)
@@ -356,41 +364,79 @@ class KerasModel(nn.Module):
         program = programs.get(key)
         if program is None:
             program = programs[key] = _program(self, *key)
-        # The kept activation memory: an arena of this input shape's plan; at the first call
-        # with it, the outputs to plan for; at the second, their layers' page faults.
-        plan: MemoryPlan | None = None
+        values = {start_node: x}
+        # The kept activation memory, only where calls write in place (so without gradients):
+        # the plain loop wherever its plan for this input shape has nothing to do.
+        memory = self._memory if overwrite else None
+        if memory is None:
+            self._replay(program, values)
+        else:
+            shape_key = (key, tuple(x.shape), x.stride(), x.dtype, x.device)
+            plan = memory.get(shape_key)
+            if plan is None or plan.active:
+                self._replay_planned(program, values, memory, shape_key, plan)
+            else:
+                self._replay(program, values)
+        out = values[program.output]
+        kept = {name: values[node] for name, node in program.kept.items()}
+        if relayout:
+            out = _contiguous(out)
+            kept = {name: _contiguous(value) for name, value in kept.items()}
+        return out, kept
+
+    def _replay(self, program: _Program, values: dict) -> None:
+        """Run `program` on `values` (node -> value, its start node's given), dropping each value
+        after its last read. The hot loop of every forward pass: it checks nothing per call."""
+        # `_call` inlined, its constants read once: a function call per layer cost 1-2% of
+        # MobileNetV3Small's time at batch 1.
+        modules, inplace, padded = self._modules, How.INPLACE, How.PADDED
+        for call in program.calls:
+            layer: Any = modules[call.name]
+            args = [values[i] for i in call.inputs]
+            if call.how is inplace:
+                values[call.node] = layer.forward_inplace(*args)
+            elif call.how is padded:
+                values[call.node] = layer(args[0], pad=call.pad)
+            else:
+                values[call.node] = layer(*args)
+            for i in call.released:  # drop activations nothing reads again
+                del values[i]
+
+    def _replay_planned(
+        self,
+        program: _Program,
+        values: dict,
+        memory: MemoryPlans,
+        shape_key: tuple,
+        plan: MemoryPlan | None,
+    ) -> None:
+        """`_replay` with the activation memory kept for one input shape (`shape_key` in
+        `memory`): with no `plan` yet it records the outputs to plan for; a plan still counting
+        has their layers' page faults counted; from then on they are written into an arena of
+        the plan's."""
         arena: list | None = None
         record: dict[int, Output] | None = None
         counting: dict[int, int] = {}  # call -> its faults, for the candidates being counted
-        count = minor_faults
-        memory = self._memory if overwrite else None  # in-place writes, so no gradients
-        if memory is not None:
-            plan_key = (key, tuple(x.shape), x.stride(), x.dtype, x.device)
-            plan = memory.get(plan_key)
-            if plan is None:
-                record = {}
-            elif plan.counting:
-                counting = dict.fromkeys(plan.lifetimes, 0)
-            elif plan.outputs:
-                arena = plan.take()
-        values, modules = {start_node: x}, self._modules
+        if plan is None:
+            record = {}
+        elif plan.counting:
+            counting = dict.fromkeys(plan.lifetimes, 0)
+        else:
+            arena = plan.take()
+        modules = self._modules
         try:
             for k, call in enumerate(program.calls):
                 layer: Any = modules[call.name]
                 args = [values[i] for i in call.inputs]
                 counted = k in counting
                 if counted:
-                    before = count()
-                if call.how is How.INPLACE:
-                    values[call.node] = layer.forward_inplace(*args)
-                elif arena is not None and arena[k] is not None:
+                    before = minor_faults()
+                if arena is not None and arena[k] is not None:
                     values[call.node] = layer(args[0], pad=call.pad, out=arena[k])
-                elif call.how is How.PADDED:
-                    values[call.node] = layer(args[0], pad=call.pad)
                 else:
-                    values[call.node] = layer(*args)
+                    values[call.node] = _call(layer, call, args)
                 if counted:
-                    counting[k] = count() - before
+                    counting[k] = minor_faults() - before
                 if (
                     record is not None
                     and call.how is not How.INPLACE
@@ -403,16 +449,27 @@ class KerasModel(nn.Module):
         finally:
             if arena is not None and plan is not None:
                 plan.give_back(arena)
-        if memory is not None and record is not None:  # even empty: not recorded again
-            memory.put(plan_key, _memory_plan(self, program, start_node, record))
-        elif memory is not None and counting and plan is not None:
-            memory.put(plan_key, plan.faulted(counting))
-        out = values[program.output]
-        kept = {name: values[node] for name, node in program.kept.items()}
-        if relayout:
-            out = _contiguous(out)
-            kept = {name: _contiguous(value) for name, value in kept.items()}
-        return out, kept
+        if record is not None:  # even empty: not recorded again
+            memory.put(shape_key, self._candidates(program, record))
+        elif counting and plan is not None:
+            memory.put(shape_key, plan.faulted(counting))
+
+    def _candidates(self, program: _Program, outputs: dict[int, Output]) -> MemoryPlan:
+        """The plan, still counting faults, for the recorded `outputs` (call index -> output) of
+        `program`: the graph says whose memory each call's output may be in, `memory` what
+        lifetimes follow."""
+        calls = [CallMemory(c.node, c.inputs, self._output_memory(c)) for c in program.calls]
+        returned = (program.output, *program.kept.values())
+        return MemoryPlan(
+            lifetimes_of(calls, program.start, returned, outputs), len(calls), counting=True
+        )
+
+    def _output_memory(self, call: _Call) -> OutputMemory:
+        if call.how is How.INPLACE:
+            return OutputMemory.INPUT
+        if isinstance(self._modules[call.name], FRESH_OUTPUT):
+            return OutputMemory.FRESH
+        return OutputMemory.SHARED  # a view, or a layer not known to return fresh memory
 
     def __setstate__(self, state):  # the cached programs are remade (an older release's too)
         state.pop("_plan", None)
@@ -588,36 +645,19 @@ class _Call(NamedTuple):
 
 class _Program(NamedTuple):
     calls: list
+    start: int  # the node the input is
     output: int  # the node whose value is the result
     kept: dict  # name -> node, for the layers asked for
 
 
-def _memory_plan(
-    model: KerasModel, program: _Program, start_node: int, outputs: dict[int, Output]
-) -> MemoryPlan:
-    """The plan for the recorded `outputs` (call index -> output) of `program`: each output's
-    lifetime runs to the last read of any value that may share its memory (the outputs of
-    in-place calls, of views, of any layer not known to return fresh memory), and outputs
-    sharing memory with what the program returns are left out."""
-    shared: dict[int, frozenset] = {start_node: frozenset({start_node})}  # node -> its memories
-    last_read: dict[int, int] = {}
-    for k, call in enumerate(program.calls):
-        for i in call.inputs:
-            for memory in shared[i]:
-                last_read[memory] = k
-        if call.how is How.INPLACE:
-            shared[call.node] = shared[call.inputs[0]]
-        elif isinstance(model._layer(call.name), FRESH_OUTPUT):
-            shared[call.node] = frozenset({call.node})
-        else:
-            shared[call.node] = frozenset({call.node}).union(*(shared[i] for i in call.inputs))
-    returned = frozenset().union(*(shared[n] for n in (program.output, *program.kept.values())))
-    lifetimes = {
-        k: Lifetime(k, last_read.get(program.calls[k].node, k), output)
-        for k, output in outputs.items()
-        if program.calls[k].node not in returned
-    }
-    return MemoryPlan(lifetimes, len(program.calls), counting=True)
+def _call(layer: Any, call: _Call, args: list) -> Any:
+    """Run one call of a program on its arguments' values (into fresh memory, or its first
+    argument's where it is in place)."""
+    if call.how is How.INPLACE:
+        return layer.forward_inplace(*args)
+    if call.how is How.PADDED:
+        return layer(args[0], pad=call.pad)
+    return layer(*args)
 
 
 def _program(
@@ -666,4 +706,4 @@ def _program(
         if i not in held:
             released.setdefault(k, []).append(i)
     calls = [c._replace(released=tuple(released.get(k, ()))) for k, c in enumerate(calls)]
-    return _Program(calls, output, kept)
+    return _Program(calls, start_node, output, kept)

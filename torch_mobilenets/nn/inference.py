@@ -28,7 +28,7 @@ from .layers import BatchNorm2d, Conv2d, DepthwiseConv2d, HardSigmoid, HardSwish
 # the CPU (Inductor); here they are called eagerly. A build without oneDNN keeps the plain layers.
 # They are private (Inductor's), so FusedConv2d calls them only where their schemas are the ones
 # below, the arguments it passes, positionally (`_onednn_usable`), and where one raises anyway
-# the copy goes back to public ops (`_Fallback`).
+# the copy goes back to public ops (`_call_private`, `_Fallback`).
 ONEDNN_SCHEMAS = {
     "_convolution_pointwise": "mkldnn::_convolution_pointwise(Tensor X, Tensor W, Tensor? B, "
     "int[] padding, int[] stride, int[] dilation, int groups, str attr, Scalar?[] scalars, "
@@ -142,6 +142,23 @@ class _Fallback:
         )
 
 
+class _PrivateOpFailed(Exception):
+    """A private oneDNN op raised: the call that made it falls back to the public ops."""
+
+    def __init__(self, op: str, error: Exception):
+        super().__init__(f"torch.ops.mkldnn.{op} raised {type(error).__name__}: {error}")
+        self.op, self.error = op, error
+
+
+def _call_private(op: str, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)`, which calls the private op torch.ops.mkldnn.`op`: whatever it raises
+    comes out as a `_PrivateOpFailed`, which `FusedConv2d.forward` turns into a fallback."""
+    try:
+        return function(*args)
+    except Exception as error:
+        raise _PrivateOpFailed(op, error) from error
+
+
 _CHANNELS_LAST = torch.channels_last
 # Our activations as oneDNN post-ops: (name, its scalars).
 ONEDNN_ACTIVATIONS: dict[type[nn.Module], tuple[str, list[float]]] = {
@@ -222,52 +239,59 @@ class FusedConv2d(Conv2d):
         oneDNN applies (the model's memory plan); elsewhere the result is fresh."""
         if not self._onednn_applies(x):
             return self._forward_plain(x, pad)
+        try:
+            return self._forward_onednn(x, pad, out)
+        except _PrivateOpFailed as failure:  # a private op's failure is no reason to fail the call
+            return self._fall_back(x, pad, failure)
+
+    def _forward_onednn(self, x: torch.Tensor, pad, out: torch.Tensor | None) -> torch.Tensor:
         # A given `out` is written by the convolution, 1x1 too: for outputs as large as the
         # planned ones it is as fast as the product, and the product has no in-place form.
         product = self.product(x) if pad is None and out is None else None
         if product is not None:
             return self._forward_product(x, product)
-        padding_given = pad
         if pad is None and self._dynamic_same:
             pad = self.same_padding(x)
         if pad is None:
             pad = ((self.padding[0],) * 2, (self.padding[1],) * 2)
-        try:
-            kernel, padding = self._packed_kernel((tuple(x.shape), pad), lambda: self._pack(x, pad))
-        except Exception as error:  # a private op: its failure is no reason to fail the call
-            return self._fall_back(x, padding_given, "_reorder_convolution_weight", error)
+        kernel, padding = self._packed_kernel(
+            (tuple(x.shape), pad),
+            lambda: _call_private("_reorder_convolution_weight", self._pack, x, pad),
+        )
         if out is not None:
-            return self._forward_into(out, x, kernel, padding, padding_given)
-        try:
-            return _CONVOLUTION_POINTWISE(
-                x, *self._convolution(kernel, padding), self.post_op, self.post_op_scalars, None
-            )
-        except Exception as error:
-            return self._fall_back(x, padding_given, "_convolution_pointwise", error)
+            return self._forward_into(out, x, kernel, padding)
+        return _call_private(
+            "_convolution_pointwise",
+            _CONVOLUTION_POINTWISE,
+            x,
+            *self._convolution(kernel, padding),
+            self.post_op,
+            self.post_op_scalars,
+            None,
+        )
 
     def _convolution(self, kernel, padding) -> tuple:
         # the arguments both oneDNN convolutions take after their inputs
         return kernel, self.bias, padding, self._stride_list, self._dilation_list, self.groups
 
-    def _forward_into(self, out, x, kernel, padding, padding_given) -> torch.Tensor:
+    def _forward_into(self, out, x, kernel, padding) -> torch.Tensor:
         # oneDNN writes a given tensor only as a sum into it (a residual connection's form), and
         # fuses no activation there but ReLU: so the sum into zeros, then the activation in
         # place. Both passes are over memory already resident, unlike a fresh output's pages.
         fused = self.post_op == "relu"
-        try:
-            out.zero_()
-            _CONVOLUTION_POINTWISE_INTO(
-                out,
-                x,
-                *self._convolution(kernel, padding),
-                "add",
-                None,
-                "relu" if fused else None,
-                [],
-                None,
-            )
-        except Exception as error:
-            return self._fall_back(x, padding_given, "_convolution_pointwise_.binary", error)
+        out.zero_()
+        _call_private(
+            "_convolution_pointwise_.binary",
+            _CONVOLUTION_POINTWISE_INTO,
+            out,
+            x,
+            *self._convolution(kernel, padding),
+            "add",
+            None,
+            "relu" if fused else None,
+            [],
+            None,
+        )
         if self.activation is not None and not fused:
             self.activation.forward_inplace(out)
         return out
@@ -276,11 +300,11 @@ class FusedConv2d(Conv2d):
         out = super().forward(x, pad)
         return out if self.activation is None else self.activation.forward_inplace(out)
 
-    def _fall_back(self, x: torch.Tensor, pad, op: str, error: Exception) -> torch.Tensor:
+    def _fall_back(self, x: torch.Tensor, pad, failure: _PrivateOpFailed) -> torch.Tensor:
         # The plain layers first: if they fail too, the input suits neither (a wrong shape),
         # and their error is the caller's, oneDNN's chained to it; nothing changes.
         out = self._forward_plain(x, pad)
-        self._fallback.fail(op, error)
+        self._fallback.fail(failure.op, failure.error)
         return out
 
     def product(self, x: torch.Tensor) -> str | None:
@@ -304,21 +328,25 @@ class FusedConv2d(Conv2d):
             if activation is not None:
                 activation.forward_inplace(out)
         else:
-            try:
-                packed = self._packed_kernel(
-                    (tuple(x.shape), None),
-                    lambda: _REORDER_LINEAR_WEIGHT(
-                        self.weight.reshape(self.out_channels, self.in_channels), len(rows)
-                    ),
-                )
-            except Exception as error:
-                return self._fall_back(x, None, "_reorder_linear_weight", error)
-            try:
-                out = _LINEAR_POINTWISE(
-                    rows, packed, bias, self.post_op, self.post_op_scalars, None
-                )
-            except Exception as error:
-                return self._fall_back(x, None, "_linear_pointwise", error)
+            packed = self._packed_kernel(
+                (tuple(x.shape), None),
+                lambda: _call_private(
+                    "_reorder_linear_weight",
+                    _REORDER_LINEAR_WEIGHT,
+                    self.weight.reshape(self.out_channels, self.in_channels),
+                    len(rows),
+                ),
+            )
+            out = _call_private(
+                "_linear_pointwise",
+                _LINEAR_POINTWISE,
+                rows,
+                packed,
+                bias,
+                self.post_op,
+                self.post_op_scalars,
+                None,
+            )
         c = self.out_channels
         return out.as_strided((n, c, height, width), (height * width * c, 1, width * c, c))
 

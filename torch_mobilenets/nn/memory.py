@@ -12,6 +12,11 @@ second counts the page faults of each of those layers, since malloc does reuse m
 it; from the outputs that faulted, a plan gives each a buffer, buffers shared by outputs
 whose lifetimes do not overlap; later calls with that shape write into the same memory.
 
+The graph tells which calls write into their input and which layers give fresh memory
+(`CallMemory`); the lifetimes follow from that here (`lifetimes_of`), as do the buffers. Only
+float32 outputs are planned (`PLANNED_DTYPE`); sizes are counted in bytes, by each output's own
+element size.
+
 A call checks an arena (one set of buffers) out of the plan and gives it back at its end, so
 threads calling one copy together each write into their own. The model's output and anything
 that shares its memory are never planned: what `forward` returns is the caller's to keep.
@@ -19,9 +24,10 @@ that shares its memory are never planned: what `forward` returns is the caller's
 
 from __future__ import annotations
 
+import enum
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -34,6 +40,9 @@ PLANNED_MIN_BYTES = 4 << 20
 # counted call: glibc serves a block from fresh pages or from reused ones, nothing between.
 FAULTED_SHARE = 0.25
 PAGE = 4096
+# The one dtype planned: the inference copy's FusedConv2d writes into a given tensor only where
+# oneDNN runs it, which is in float32 alone.
+PLANNED_DTYPE = torch.float32
 
 
 def _minor_faults() -> tuple[bool, Callable[[], int]]:
@@ -50,27 +59,33 @@ FAULTS_COUNTED, minor_faults = _minor_faults()
 
 
 class Output(NamedTuple):
-    """A planned output: its shape and strides (float32)."""
+    """A planned output: its shape, strides (in elements) and dtype."""
 
     size: tuple
     stride: tuple
+    dtype: torch.dtype
 
     @staticmethod
     def of(value: object) -> Output | None:
-        """The output to plan for this layer result, or None: only large float32 CPU tensors,
-        contiguous or channels-last, are planned."""
+        """The output to plan for this layer result, or None: only large CPU tensors of
+        PLANNED_DTYPE, contiguous or channels-last, are planned."""
         if not (
             isinstance(value, torch.Tensor)
             and value.is_cpu
-            and value.dtype is torch.float32
-            and value.numel() * 4 >= PLANNED_MIN_BYTES
+            and value.dtype is PLANNED_DTYPE
+            and value.numel() * value.element_size() >= PLANNED_MIN_BYTES
             and (value.is_contiguous() or value.is_contiguous(memory_format=torch.channels_last))
         ):
             return None
-        return Output(tuple(value.shape), value.stride())
+        return Output(tuple(value.shape), value.stride(), value.dtype)
 
     def elements(self) -> int:
+        """The elements its strides span."""
         return 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+
+    def nbytes(self) -> int:
+        """The memory its strides span."""
+        return self.elements() * self.dtype.itemsize
 
 
 class Lifetime(NamedTuple):
@@ -82,8 +97,55 @@ class Lifetime(NamedTuple):
     output: Output
 
 
+class OutputMemory(enum.Enum):
+    """Whose memory a call's output may be in."""
+
+    FRESH = "fresh"  # its own: a layer known to return fresh memory
+    INPUT = "input"  # its first input's: the call writes into it
+    SHARED = "shared"  # its own or any of its inputs': a view, or a layer not known to be fresh
+
+
+class CallMemory(NamedTuple):
+    """One call of a program as its lifetimes see it: the nodes it reads, the node it makes and
+    whose memory that may be in."""
+
+    node: int
+    inputs: tuple
+    output: OutputMemory
+
+
+def lifetimes_of(
+    calls: Sequence[CallMemory],
+    start: int,
+    returned: Iterable[int],
+    outputs: dict[int, Output],
+) -> dict[int, Lifetime]:
+    """The lifetimes of the recorded `outputs` (call index -> output) of a program's `calls`,
+    whose input is node `start`: each runs to the last read of any value that may share its
+    memory, and outputs sharing memory with a node in `returned` (what the caller gets) are
+    left out: that memory is the caller's to keep."""
+    shared: dict[int, frozenset] = {start: frozenset({start})}  # node -> the memories it may use
+    last_read: dict[int, int] = {}
+    for k, call in enumerate(calls):
+        for i in call.inputs:
+            for memory in shared[i]:
+                last_read[memory] = k
+        if call.output is OutputMemory.INPUT:
+            shared[call.node] = shared[call.inputs[0]]
+        elif call.output is OutputMemory.FRESH:
+            shared[call.node] = frozenset({call.node})
+        else:
+            shared[call.node] = frozenset({call.node}).union(*(shared[i] for i in call.inputs))
+    kept = frozenset().union(*(shared[node] for node in returned))
+    return {
+        k: Lifetime(k, last_read.get(calls[k].node, k), output)
+        for k, output in outputs.items()
+        if calls[k].node not in kept
+    }
+
+
 def assign_buffers(lifetimes: dict[int, Lifetime]) -> tuple[list[int], dict[int, int]]:
-    """(buffer sizes in elements, call -> buffer): outputs whose lifetimes overlap get separate
+    """(buffer sizes in bytes, call -> buffer): outputs whose lifetimes overlap get separate
     buffers; a free buffer is reused best-fit (the smallest that is large enough, else the
     largest, grown)."""
     sizes: list[int] = []
@@ -94,7 +156,7 @@ def assign_buffers(lifetimes: dict[int, Lifetime]) -> tuple[list[int], dict[int,
         for last, buffer in [b for b in busy if b[0] < lifetime.first]:
             busy.remove((last, buffer))
             free.append(buffer)
-        need = lifetime.output.elements()
+        need = lifetime.output.nbytes()
         fits = [b for b in free if sizes[b] >= need]
         if fits:
             buffer = min(fits, key=lambda b: sizes[b])
@@ -114,7 +176,8 @@ def assign_buffers(lifetimes: dict[int, Lifetime]) -> tuple[list[int], dict[int,
 class MemoryPlan:
     """The buffers of one program at one input shape: `take` an arena (a list, by call, of the
     tensor to write into or None), `give_back` it when the call is done. A plan still
-    `counting` holds the candidates only: the next call counts their faults (`faulted`)."""
+    `counting` holds the candidates only: the next call counts their faults (`faulted`). A
+    plan that is not `active` has nothing to do: calls run as if none were kept."""
 
     IDLE_ARENAS = 2  # kept for threads calling at once; more are made and dropped as needed
 
@@ -128,6 +191,11 @@ class MemoryPlan:
         self._idle: list[list] = []
         self._lock = threading.Lock()
 
+    @property
+    def active(self) -> bool:
+        """Whether a call with this plan does anything: counts faults or writes outputs."""
+        return bool(self.lifetimes if self.counting else self.outputs)
+
     def faulted(self, faults: dict[int, int]) -> MemoryPlan:
         """The plan of the candidates whose layers faulted (call -> faults counted) on at least
         FAULTED_SHARE of their output's pages."""
@@ -135,7 +203,7 @@ class MemoryPlan:
             {
                 call: lifetime
                 for call, lifetime in self.lifetimes.items()
-                if faults.get(call, 0) * PAGE >= FAULTED_SHARE * 4 * lifetime.output.elements()
+                if faults.get(call, 0) * PAGE >= FAULTED_SHARE * lifetime.output.nbytes()
             },
             self.calls,
         )
@@ -143,7 +211,7 @@ class MemoryPlan:
     @property
     def nbytes(self) -> int:
         """The memory of one arena."""
-        return 4 * sum(self.sizes)
+        return sum(self.sizes)
 
     def take(self) -> list:
         with self._lock:
@@ -151,11 +219,13 @@ class MemoryPlan:
                 return self._idle.pop()
         # Normal tensors, even under torch.inference_mode: an inference tensor could not be
         # written into by a later call made outside it.
+        # Buffers of bytes, each output a view of its own dtype at the start of one.
         with torch.inference_mode(False), torch.no_grad():
-            buffers = [torch.empty(n) for n in self.sizes]
+            buffers = [torch.empty(n, dtype=torch.uint8) for n in self.sizes]
             arena: list = [None] * self.calls
             for call, output in self.outputs.items():
-                arena[call] = buffers[self.buffer_of[call]].as_strided(output.size, output.stride)
+                memory = buffers[self.buffer_of[call]][: output.nbytes()].view(output.dtype)
+                arena[call] = memory.as_strided(output.size, output.stride)
         return arena
 
     def give_back(self, arena: list) -> None:
