@@ -10,13 +10,16 @@ loaded first, the first lazy import of torch._dynamo (an optimizer step, torch.c
 segfaults.
 """
 
+import contextlib
 import functools
 import importlib.util
+import io
 import os
 import subprocess
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -106,6 +109,27 @@ def run_module(module, *args, cwd=ROOT, timeout=600, **env):
         timeout=timeout,
         env={**os.environ, **env},
     )
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_convert(*args):
+    """`python -m convert ARGS` in this process: the command line's `main` with its output
+    captured and its exit status returned, as a fresh process would give them, without the
+    seconds each process takes to import torch (tests/test_cli.py runs the real processes)."""
+    from torch_mobilenets.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            returncode = main(["convert", *map(str, args)], prog="python -m")
+        except SystemExit as exit:  # argparse's errors and --help
+            returncode = exit.code if isinstance(exit.code, int) else 1
+    return Ran(returncode, stdout.getvalue(), stderr.getvalue())
 
 
 PREPROCESS = {

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import keras_model, run_module, trained_like
+from helpers import keras_model, run_convert, run_module, trained_like
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -33,9 +33,9 @@ def legacy_file(keras_v2, weights_file, tmp_path):
 
 
 def run_cli(*args):
-    """`python -m convert ARGS` from the checkout's root, whatever pytest's working directory
-    (the arguments are absolute paths)."""
-    return run_module("convert", *args, timeout=300)
+    """`python -m convert ARGS` (absolute paths), in this process: one test below runs it as
+    a real process from the checkout's root."""
+    return run_convert(*args)
 
 
 def layer_names(f):
@@ -49,7 +49,7 @@ def drop_layer(path, name):
 
 def test_cli_converts_and_records_metadata(legacy_file, tmp_path):
     out = tmp_path / "v2.safetensors"
-    result = run_cli(legacy_file, out)
+    result = run_module("convert", legacy_file, out, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "mobilenet_v2 (alpha=0.35, include_top=True, classes=1000)" in result.stdout
     with safe_open(out, "pt") as f:

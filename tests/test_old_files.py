@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import pytest
 import torch
-from helpers import assert_parity, keras_model, keras_reference, run_module
+from helpers import assert_parity, keras_model, keras_reference, run_convert
 from safetensors import safe_open
 
 import torch_mobilenets as tm
@@ -126,7 +126,7 @@ def test_loaded_without_conv_2_when_asked(old, tmp_path):
 
 
 def run_cli(*args):
-    return run_module("convert", *args, timeout=300)
+    return run_convert(*args)
 
 
 def test_the_command_line_refuses_or_skips_as_asked(old_files, tmp_path):
